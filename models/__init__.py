@@ -1,0 +1,2 @@
+"""Predictors (XGBoost, torch fusion network) and their evaluation."""
+from __future__ import annotations

@@ -1,0 +1,2 @@
+"""The embedded demo cohort: simulated controls and MS patients in real file formats."""
+from __future__ import annotations
