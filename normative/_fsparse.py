@@ -234,7 +234,7 @@ def numeric_column(cells: np.ndarray, j: int, colname: str, row_lines, path,
         except ValueError:
             who = f" of {row_names[k]!r}" if row_names is not None else ""
             raise InputFormatError(
-                f"column {colname!r}{who} holds {s!r}, which is not a number. {_RERUN}",
+                f"column {colname!r}{who} holds {str(s)!r}, which is not a number. {_RERUN}",
                 path=path, line=row_lines[k]) from None
     # numpy refused something float() accepts (e.g. '1_0'): refuse it too, naming it.
     raise InputFormatError(f"column {colname!r} holds a value numpy cannot read as a number. "

@@ -305,8 +305,9 @@ def read_stats_table(path: str | Path, *, kind: Literal["auto", "aseg", "aparc"]
     if kind not in ("auto", "aseg", "aparc"):
         raise ValueError(f"kind={kind!r}; expected 'auto', 'aseg' or 'aparc'.")
     path = Path(path)
-    raw = parse_table_text(read_text(path), path)
-    first = raw.first_cell
+    text = read_text(path)
+    head = next((ln.strip() for ln in text.split("\n") if ln.strip()), "")
+    first = head.split("\t" if "\t" in head else None, 1)[0].strip() if head else ""
     detected = ("aseg" if first.startswith("Measure:")
                 else "aparc" if _APARC_FIRST.match(first) else None)
     if detected is None:
@@ -322,6 +323,7 @@ def read_stats_table(path: str | Path, *, kind: Literal["auto", "aseg", "aparc"]
         raise InputFormatError(
             f"this asegstats2table output holds {first!r}, not volumes; re-run "
             "asegstats2table with --meas volume (the default).", path=path, line=1)
+    raw = parse_table_text(text, path)
     raw_names = list(raw.columns)
     names = harmonise_region_names(raw_names)
     _check_harmonised_unique(names, raw_names, path)

@@ -16,14 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from normfuse.errors import (
-    ColumnContractError,
-    DataDroppedWarning,
-    InputFormatError,
-    NormfuseError,
-    NormfuseWarning,
-    VolumeKindError,
-)
+from normative._fsnames import load_label_table
 from normative.freesurfer import (
     attach_demographics,
     collect_subjects_dir,
@@ -38,7 +31,14 @@ from normative.freesurfer import (
     require_single_volume_kind,
     split_long_id,
 )
-from normative._fsnames import load_label_table
+from normfuse.errors import (
+    ColumnContractError,
+    DataDroppedWarning,
+    InputFormatError,
+    NormfuseError,
+    NormfuseWarning,
+    VolumeKindError,
+)
 
 META = ["subject_id", "session_id", "age", "sex", "site", "icv", "volume_kind"]
 
@@ -334,3 +334,399 @@ def test_synthseg_unknown_column(fs_data, tmp_path, rng):
     (tmp_path / "qc.csv").write_text("id,a\n1,2\n")
     with pytest.raises(InputFormatError, match="not a SynthSeg --vol CSV"):
         read_synthseg_csv(tmp_path / "qc.csv")
+
+
+# ----------------------------------------------------------------------------- FastSurfer
+def _fastsurfer_aseg(src: Path, dst: Path) -> None:
+    """Rewrite an aseg.stats as FastSurfer's segstats.py style with reordered columns."""
+    out = ["# Title Segmentation Statistics", "# generating_program segstats.py",
+           "# subjectname fs_sub"]
+    out += [ln for ln in src.read_text().splitlines() if ln.startswith("# Measure")]
+    out += ["# NRows 45", "# NTableCols 10",
+            "# ColHeaders SegId StructName Volume_mm3 NVoxels Index Mean StdDev Min Max Range"]
+    for ln in src.read_text().splitlines():
+        if ln.strip() and not ln.startswith("#"):
+            p = ln.split()
+            out.append("\t".join([p[1], p[4], p[3], p[2], p[0], *p[5:]]))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("\n".join(out) + "\n")
+
+
+def test_fastsurfer_style_columns_found_by_name(fs_data, tmp_path):
+    """Columns are located by '# ColHeaders' name, not position (FastSurfer-style reordering)."""
+    src = fs_data / "bert_fs7.2/stats/aseg.stats"
+    _fastsurfer_aseg(src, tmp_path / "fs_sub/stats/aseg.stats")
+    a = read_aseg_stats(tmp_path / "fs_sub/stats/aseg.stats")
+    b = read_aseg_stats(src)
+    assert a.loc[0, "subject_id"] == "fs_sub"
+    pd.testing.assert_frame_equal(a.drop(columns="subject_id"), b.drop(columns="subject_id"))
+
+
+# ----------------------------------------------------------------------------- collector
+def _subjects_dir(fs_data: Path, root: Path) -> Path:
+    for name, src in (("bert", "bert_fs7.2"), ("soichi", "soichi_fs7.0")):
+        shutil.copytree(fs_data / src / "stats", root / name / "stats")
+    (root / "fsaverage" / "surf").mkdir(parents=True)
+    return root
+
+
+def test_collect_subjects_dir_aseg_aparc_wmparc(fs_data, tmp_path):
+    """SUBJECTS_DIR with two subjects and fsaverage: values equal the single-file readers."""
+    root = _subjects_dir(fs_data, tmp_path / "subjects")
+    v = collect_subjects_dir(root, atlases=("aseg", "aparc", "wmparc", "brainvol"))
+    assert v["subject_id"].tolist() == ["bert", "soichi"] and v.attrs["skipped"] == ()
+    assert list(v.columns[:7]) == META and v.index.tolist() == [0, 1]
+    one = read_aseg_stats(root / "bert/stats/aseg.stats")
+    lh = read_aparc_stats(root / "bert/stats/lh.aparc.stats")
+    for c in one.columns[7:]:
+        assert v.loc[0, c] == one.loc[0, c], c
+    for c in lh.columns[7:]:
+        assert v.loc[0, c] == lh.loc[0, c], c
+    assert v.loc[1, "Left-Hippocampus"] == 4333.5 and v.loc[1, "icv"] == 1420434.160521
+    assert v.loc[0, "wm-rh-insula"] == 10658.6 and v.loc[0, "rh_bankssts_volume"] == 1802
+    assert v.loc[0, "SupraTentorialVolNotVentVox"] == 1042551.0
+    sel = collect_subjects_dir(root, subjects=["soichi"])
+    assert sel["subject_id"].tolist() == ["soichi"]
+    with pytest.raises(ValueError, match="two calls"):
+        collect_subjects_dir(root, atlases=("aparc", "aparc.DKTatlas"))
+    with pytest.raises(ValueError, match="atlas 'aseg2' is unknown"):
+        collect_subjects_dir(root, atlases=("aseg2",))
+
+
+def test_collect_mixed_fs6_fs7_harmonised(fs_data, tmp_path):
+    """FS 6 and FS 7 subjects in one SUBJECTS_DIR share the FS 7 'Left-Thalamus' column."""
+    root = tmp_path / "s"
+    shutil.copytree(fs_data / "ds_training_fs6/sub-01/stats", root / "sub-01/stats")
+    shutil.copytree(fs_data / "bert_fs7.2/stats", root / "bert/stats")
+    v = collect_subjects_dir(root, layout="freesurfer")
+    assert v.set_index("subject_id")["Left-Thalamus"].to_dict() == {"bert": 8066.3,
+                                                                   "sub-01": 8727.9}
+    assert "Left-Thalamus-Proper" not in v.columns and not v["Left-Thalamus"].isna().any()
+    all9 = collect_subjects_dir(fs_data / "ds_training_fs6", aseg_measure="nvoxels")
+    assert len(all9) == 9 and (all9["volume_kind"] == "voxel_count").all()
+
+
+def test_collect_skip_and_raise(fs_data, tmp_path):
+    """A subject without stats raises naming it; errors='skip' records, logs and warns."""
+    root = _subjects_dir(fs_data, tmp_path / "subjects")
+    (root / "crashed" / "mri").mkdir(parents=True)
+    bad = root / "truncated" / "stats"
+    bad.mkdir(parents=True)
+    txt = (fs_data / "bert_fs7.2/stats/aseg.stats").read_text()
+    (bad / "aseg.stats").write_text(txt[: len(txt) * 2 // 3])
+    with pytest.raises(InputFormatError, match="crashed.*no 'stats' folder"):
+        collect_subjects_dir(root)
+    with pytest.warns(DataDroppedWarning, match="skipped 2 of 4 scans"):
+        v = collect_subjects_dir(root, errors="skip")
+    assert v["subject_id"].tolist() == ["bert", "soichi"]
+    sk = {s.subject_id: s.reason for s in v.attrs["skipped"]}
+    assert set(sk) == {"crashed", "truncated"}
+    assert "NRows" in sk["truncated"] or "fields" in sk["truncated"]
+
+
+def test_collect_empty_and_missing(tmp_path):
+    """An empty SUBJECTS_DIR and a missing folder are clear InputFormatErrors."""
+    with pytest.raises(InputFormatError, match="holds no subject folders"):
+        collect_subjects_dir(tmp_path)
+    with pytest.raises(InputFormatError, match="is not a folder"):
+        collect_subjects_dir(tmp_path / "nope")
+    (tmp_path / "fsaverage").mkdir()
+    with pytest.raises(InputFormatError, match="holds no subject folders"):
+        collect_subjects_dir(tmp_path)
+    (tmp_path / "s1" / "stats").mkdir(parents=True)
+    with pytest.raises(InputFormatError, match="s1.*file not found"):
+        collect_subjects_dir(tmp_path)
+    with pytest.raises(InputFormatError, match="all 1 scans were skipped"):
+        collect_subjects_dir(tmp_path, errors="skip")
+
+
+def test_collect_bids_and_longitudinal_layouts(fs_data, tmp_path):
+    """BIDS sub-*/ses-* and FS7 '<tp>.long.<base>' folders give subject and session ids."""
+    src = fs_data / "ds_training_fs6"
+    bids = tmp_path / "bids"
+    for sub, ses, s in (("sub-01", "ses-1", "sub-01"), ("sub-01", "ses-2", "sub-02"),
+                        ("sub-03", "ses-1", "sub-03")):
+        shutil.copytree(src / s / "stats", bids / sub / ses / "stats")
+    v = collect_subjects_dir(bids)
+    assert v.attrs["layout"] == "bids"
+    assert list(zip(v["subject_id"], v["session_id"], strict=True)) == [
+        ("sub-01", "ses-1"), ("sub-01", "ses-2"), ("sub-03", "ses-1")]
+    assert v.loc[1, "icv"] == _measure_re(src / "sub-02/stats/aseg.stats", "eTIV")
+    long = tmp_path / "long"
+    for d, s in (("13900_01.long.13900_base", "sub-01"), ("13900_02.long.13900_base", "sub-02"),
+                 ("13900_base", "sub-03"), ("13900_01", "sub-04")):
+        shutil.copytree(src / s / "stats", long / d / "stats")
+    lv = collect_subjects_dir(long, split_long=True)
+    assert list(zip(lv["subject_id"], lv["session_id"], strict=True)) == [("13900", "01"),
+                                                                          ("13900", "02")]
+    assert len(collect_subjects_dir(long)) == 4
+
+
+# ----------------------------------------------------------------------------- bad input
+def _aseg_text(fs_data) -> str:
+    return (fs_data / "bert_fs7.2/stats/aseg.stats").read_text()
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, ln in enumerate(text.split("\n"), 1) if needle in ln)
+
+
+def test_bad_stats_files_name_file_and_line(fs_data, tmp_path):
+    """Truncated, header-less, non-numeric, duplicated and empty .stats files: file and line named."""
+    txt = _aseg_text(fs_data)
+    f = tmp_path / "aseg.stats"
+    # truncated inside the table (NRows says 45)
+    f.write_text(txt[: txt.index("Right-Hippocampus")])
+    with pytest.raises(InputFormatError, match=r"aseg\.stats, line \d+: .*fields"):
+        read_aseg_stats(f)
+    f.write_text(txt[: txt.index(" 30  60")])
+    with pytest.raises(InputFormatError, match="NRows' declares 45 table rows but the file holds 29"):
+        read_aseg_stats(f)
+    # no ColHeaders line
+    f.write_text(re.sub(r"# ColHeaders.*\n", "", txt))
+    with pytest.raises(InputFormatError, match=rf"line {_line_of(txt, 'ColHeaders')}: a table row "
+                                               "comes before any '# ColHeaders'"):
+        read_aseg_stats(f)
+    # non-numeric cell
+    bad = txt.replace("8066.3", "80x6.3")
+    f.write_text(bad)
+    with pytest.raises(InputFormatError, match=rf"line {_line_of(bad, '80x6.3')}: column "
+                                               r"'Volume_mm3' of 'Left-Thalamus' holds '80x6\.3'"):
+        read_aseg_stats(f)
+    # duplicate structure
+    dup = txt.replace("Left-Caudate  ", "Left-Thalamus ")
+    f.write_text(dup)
+    with pytest.raises(InputFormatError, match=rf"'Left-Thalamus' appears twice \(lines "
+                                               rf"{_line_of(txt, 'Left-Thalamus ')} and "
+                                               rf"{_line_of(txt, 'Left-Caudate ')}\)"):
+        read_aseg_stats(f)
+    # FS6 and FS7 names of one structure in one file
+    assert "Left-Caudate        " in txt
+    f.write_text(txt.replace("Left-Caudate        ", "Left-Thalamus-Proper"))
+    with pytest.raises(InputFormatError, match="both map to the FreeSurfer 7 name 'Left-Thalamus'"):
+        read_aseg_stats(f)
+    f.write_text("   \n\n")
+    with pytest.raises(InputFormatError, match="the file is empty"):
+        read_stats(f)
+    f.write_bytes(b"# Title\n# ColHeaders a b\n1 \xff\n")
+    with pytest.raises(InputFormatError, match="line 3: holds a byte that is not text"):
+        read_stats(f)
+    with pytest.raises(InputFormatError, match="file not found"):
+        read_stats(tmp_path / "missing.stats")
+    with pytest.raises(InputFormatError, match="is a folder"):
+        read_stats(tmp_path)
+
+
+def _as_lh(fs_data, tmp_path) -> Path:
+    shutil.copy(fs_data / "bert_fs7.2/stats/aseg.stats", tmp_path / "lh.aseg.stats")
+    return tmp_path / "lh.aseg.stats"
+
+
+def test_bad_measure_and_wrong_kind(fs_data, tmp_path):
+    """A broken '# Measure' line and an aparc file given to read_aseg_stats are named."""
+    txt = _aseg_text(fs_data)
+    f = tmp_path / "aseg.stats"
+    f.write_text(txt.replace("Brain Segmentation Volume, 1218061.000000", "1218061.000000"))
+    with pytest.raises(InputFormatError, match=r"line 15: a '# Measure' line must read"):
+        read_stats(f)
+    f.write_text(txt.replace("1520021.264474, mm^3", "lots, mm^3"))
+    with pytest.raises(InputFormatError, match="measure 'eTIV' is not a number: 'lots'"):
+        read_stats(f)
+    with pytest.raises(InputFormatError, match=r"lacks column\(s\) \['Volume_mm3'\]"):
+        read_aseg_stats(fs_data / "bert_fs7.2/stats/lh.aparc.stats")
+    with pytest.raises(InputFormatError, match="no '# ColHeaders' line"):
+        read_aseg_stats(fs_data / "bert_fs7.2/stats/brainvol.stats")
+    with pytest.raises(InputFormatError, match="cannot tell the hemisphere"):
+        read_aparc_stats(fs_data / "bert_fs7.2/stats/aseg.stats")
+    with pytest.raises(InputFormatError, match=r"lacks column\(s\) \['GrayVol', 'ThickAvg', 'SurfArea'\]"):
+        read_aparc_stats(_as_lh(fs_data, tmp_path))
+    with pytest.raises(ValueError, match="choose from"):
+        read_aparc_stats(fs_data / "bert_fs7.2/stats/lh.aparc.stats", measures=("curv",))
+
+
+def test_bad_tables(fs_data, tmp_path):
+    """Unknown table formats, ragged rows, duplicate subjects and bad cells are named."""
+    with pytest.raises(InputFormatError, match="unknown table format"):
+        read_stats_table(fs_data / "bert_fs7.2/stats/aseg.stats")
+    txt = (fs_data / "tables_fs7_long/aseg_stats.txt").read_text()
+    f = tmp_path / "t.txt"
+    lines = txt.split("\n")
+    f.write_text("\n".join(lines[:2] + [lines[1]] + lines[2:]))
+    with pytest.raises(InputFormatError, match=r"line 3: subject '13900_01\.long\.13900_base' "
+                                               r"appears twice \(lines 2 and 3\)"):
+        read_stats_table(f)
+    f.write_text(txt[: len(txt) - 40])
+    with pytest.raises(InputFormatError, match="line 4: row has"):
+        read_stats_table(f)
+    f.write_text(txt.replace("6682.3", "NA?"))
+    with pytest.raises(InputFormatError, match=r"line 2: column 'Left-Thalamus' holds 'NA\?'"):
+        read_stats_table(f)
+    f.write_text(txt.replace("Measure:volume", "Measure:mean"))
+    with pytest.raises(InputFormatError, match="--meas volume"):
+        read_stats_table(f)
+    with pytest.raises(InputFormatError, match="kind='aparc' but"):
+        read_stats_table(fs_data / "tables_fs7_long/aseg_stats.txt", kind="aparc")
+
+
+# ----------------------------------------------------------------------------- fuzzing
+_FUZZ_FILES = {
+    "aseg": ("bert_fs7.2/stats/aseg.stats", lambda p: read_aseg_stats(p)),
+    "stats": ("ds_training_fs6/sub-01/stats/aseg.stats", lambda p: read_stats(p)),
+    "aparc": ("fabian_fs6/stats/lh.aparc.stats", lambda p: read_aparc_stats(p)),
+    "brainvol": ("soichi_fs7.0/stats/brainvol.stats", lambda p: read_brainvol_stats(p)),
+    "table": ("tables_fs5_abide/aseg_stats_head5.txt", lambda p: read_stats_table(p)),
+    "aparc_table": ("tables_fs7_long/aparc_stats_13900_LH.txt",
+                    lambda p: read_stats_table(p, split_long=True)),
+}
+
+
+@st.composite
+def _mutation(draw, data: bytes):
+    kind = draw(st.sampled_from(["truncate", "flip", "delete", "duplicate", "swap"]))
+    if kind == "truncate":
+        return data[: draw(st.integers(0, len(data)))]
+    if kind == "flip":
+        b = bytearray(data)
+        for _ in range(draw(st.integers(1, 4))):
+            i = draw(st.integers(0, len(b) - 1))
+            b[i] = draw(st.integers(0, 255))
+        return bytes(b)
+    lines = data.split(b"\n")
+    i = draw(st.integers(0, len(lines) - 1))
+    if kind == "delete":
+        del lines[i]
+    elif kind == "duplicate":
+        lines.insert(i, lines[i])
+    else:
+        j = draw(st.integers(0, len(lines) - 1))
+        lines[i], lines[j] = lines[j], lines[i]
+    return b"\n".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", sorted(_FUZZ_FILES))
+def test_fuzzed_real_files_raise_only_our_errors(fs_data, which):
+    """Truncations, byte flips, line deletions/duplications/swaps raise nothing but NormfuseError."""
+    rel, reader = _FUZZ_FILES[which]
+    data = (fs_data / rel).read_bytes()
+    tmpdir = Path(tempfile.mkdtemp())
+    target = tmpdir / Path(rel).name
+
+    @settings(max_examples=120, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(_mutation(data))
+    def run(mutated):
+        target.write_bytes(mutated)
+        try:
+            out = reader(target)
+        except NormfuseError:
+            return
+        assert isinstance(out, (pd.DataFrame, object))
+
+    try:
+        run()
+    finally:
+        shutil.rmtree(tmpdir)
+
+
+@pytest.mark.slow
+def test_fuzzed_synthseg_csv(fs_data, rng):
+    """Mutated SynthSeg CSVs raise nothing but NormfuseError."""
+    tmpdir = Path(tempfile.mkdtemp())
+    _synthseg_csv(fs_data, tmpdir / "v.csv", rng, parc=True)
+    data = (tmpdir / "v.csv").read_bytes()
+    target = tmpdir / "m.csv"
+
+    @settings(max_examples=120, deadline=None, derandomize=True)
+    @given(_mutation(data))
+    def run(mutated):
+        target.write_bytes(mutated)
+        try:
+            read_synthseg_csv(target)
+        except NormfuseError:
+            pass
+
+    try:
+        run()
+    finally:
+        shutil.rmtree(tmpdir)
+
+
+# ----------------------------------------------------------------------------- demographics
+def _vols():
+    v = pd.DataFrame({"subject_id": ["s1", "s2", "s3"], "session_id": [None, None, None],
+                      "age": np.nan, "sex": None, "site": None, "icv": 1.5e6,
+                      "volume_kind": "pv_corrected", "Left-Thalamus": [8066.3, 7900.0, 8100.0]},
+                     index=[10, 11, 12])
+    v["sex"] = pd.Series([None] * 3, index=v.index, dtype=object)
+    v["site"] = pd.Series([None] * 3, index=v.index, dtype=object)
+    return v
+
+
+def test_attach_demographics_maps_and_keeps_order():
+    """Sex words/codes map to F/M, index and order kept, input untouched."""
+    v = _vols()
+    before = v.copy()
+    demo = pd.DataFrame({"subject_id": ["s3", "s1", "s2", "s9"], "age": [30, "41.5", 52, 1],
+                         "sex": ["female", "M", "Male", "f"], "site": ["A", "B", "A", "C"]})
+    out = attach_demographics(v, demo)
+    pd.testing.assert_frame_equal(v, before)
+    assert out.index.tolist() == [10, 11, 12]
+    assert out["age"].tolist() == [41.5, 52.0, 30.0]
+    assert out["sex"].tolist() == ["M", "M", "F"] and out["site"].tolist() == ["B", "A", "A"]
+    coded = pd.DataFrame({"subject_id": ["s1", "s2", "s3"], "sex": [0, 1, 0]})
+    with pytest.raises(ColumnContractError, match=r"sex_map=\{0: 'F', 1: 'M'\}"):
+        attach_demographics(v, coded)
+    got = attach_demographics(v, coded, sex_map={0: "F", 1: "M"})
+    assert got["sex"].tolist() == ["F", "M", "F"]
+    assert attach_demographics(v, coded.assign(sex=[1, 2, 2]), sex_map={1: "M", 2: "F"}
+                               )["sex"].tolist() == ["M", "F", "F"]
+
+
+def test_attach_demographics_errors_and_sessions():
+    """Unmatched scans, duplicates, bad ages and conflicts are reported; sessions match."""
+    v = _vols()
+    part = pd.DataFrame({"subject_id": ["s1"], "age": [40]})
+    with pytest.raises(ColumnContractError, match=r"2 of 3 scans have no demographics row: "
+                                                  r"\['s2', 's3'\]"):
+        attach_demographics(v, part)
+    with pytest.warns(NormfuseWarning, match="2 of 3 scans"):
+        out = attach_demographics(v, part, unmatched="warn")
+    assert out["age"].isna().tolist() == [False, True, True]
+    with pytest.raises(ColumnContractError, match="repeats the key 's1'"):
+        attach_demographics(v, pd.DataFrame({"subject_id": ["s1", "s1"], "age": [1, 2]}))
+    with pytest.raises(ColumnContractError, match="'age' holds 'old'"):
+        attach_demographics(v, pd.DataFrame({"subject_id": ["s1", "s2", "s3"],
+                                             "age": [1, "old", 3]}))
+    with pytest.raises(ColumnContractError, match="Missing: \\['subject_id'\\]"):
+        attach_demographics(v, pd.DataFrame({"sub_id": ["s1"], "age": [1]}))
+    filled = v.assign(age=[40.0, np.nan, np.nan])
+    with pytest.raises(ColumnContractError, match="already has age=40.0"):
+        attach_demographics(filled, pd.DataFrame({"subject_id": ["s1", "s2", "s3"],
+                                                  "age": [41, 50, 60]}))
+    lv = v.assign(subject_id=["p1", "p1", "p2"], session_id=["01", "02", "01"])
+    demo = pd.DataFrame({"subject_id": ["p1", "p1", "p2"], "session_id": ["02", "01", "01"],
+                         "age": [31.0, 30.0, 50.0]})
+    assert attach_demographics(lv, demo)["age"].tolist() == [30.0, 31.0, 50.0]
+    ints = pd.DataFrame({"subject_id": [1, 2, 3], "age": [1, 2, 3]})
+    assert attach_demographics(v.assign(subject_id=["1", "2", "3"]), ints)["age"].tolist() == [1, 2, 3]
+
+
+def test_require_single_volume_kind(fs_data, tmp_path, rng):
+    """One kind is returned; .stats + SynthSeg rows together raise VolumeKindError."""
+    a = read_aseg_stats(fs_data / "bert_fs7.2/stats/aseg.stats")
+    assert require_single_volume_kind(a) == "pv_corrected"
+    _synthseg_csv(fs_data, tmp_path / "v.csv", rng)
+    s = read_synthseg_csv(tmp_path / "v.csv")
+    assert require_single_volume_kind(s) == "soft"
+    both = pd.concat([a, s], ignore_index=True)
+    with pytest.raises(VolumeKindError, match="pv_corrected: 1 rows, soft: 2 rows|soft: 2 rows, "
+                                              "pv_corrected: 1 rows"):
+        require_single_volume_kind(both)
+    with pytest.raises(VolumeKindError, match=r"\['guess'\]"):
+        require_single_volume_kind(pd.DataFrame({"volume_kind": ["guess"]}))
+    with pytest.raises(ColumnContractError, match="volume_kind"):
+        require_single_volume_kind(pd.DataFrame({"x": [1]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert require_single_volume_kind(a.iloc[:1]) == "pv_corrected"
