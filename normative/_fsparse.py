@@ -45,6 +45,22 @@ class Measure:
     unit: str
 
 
+class FlatCells:
+    """A row-major table of str tokens kept as one flat list; ``cells[:, j]`` is column j."""
+
+    __slots__ = ("tokens", "shape")
+
+    def __init__(self, tokens: list, nrows: int, ncol: int):
+        self.tokens = tokens
+        self.shape = (nrows, ncol)
+
+    def __getitem__(self, key):
+        rows, j = key
+        if rows != slice(None):
+            raise IndexError("FlatCells supports only [:, j]")
+        return self.tokens[j::self.shape[1]]
+
+
 @dataclass
 class RawStats:
     """A parsed .stats file before conversion: header, measures, table as strings."""
@@ -53,7 +69,7 @@ class RawStats:
     header: dict
     measures: dict
     columns: list
-    cells: np.ndarray          # (n_rows, n_cols) str
+    cells: FlatCells           # (n_rows, n_cols) str tokens
     row_lines: list            # 1-based line number of each table row
 
 
@@ -122,6 +138,58 @@ def _parse_measure(rest: str, path, line: int) -> Measure:
 
 def parse_stats_text(text: str, path=None) -> RawStats:
     """Parse the text of a FreeSurfer/FastSurfer .stats file (aseg, aparc*, wmparc, brainvol).
+
+    A fast path splits the whole table in one ``str.split`` and reshapes it with numpy;
+    any irregularity falls back to :func:`_parse_stats_slow`, which walks line by line
+    and raises naming the offending line.
+    """
+    lines = text.split("\n")
+    comments = [ln for ln in lines if ln[:1] == "#"]
+    data_idx = [i for i, ln in enumerate(lines) if ln[:1] != "#" and ln.strip()]
+    col_idx = [i for i, ln in enumerate(lines) if ln.startswith("# ColHeaders")]
+    if (len(col_idx) != 1 or not data_idx or data_idx[0] < col_idx[0]
+            or any(ln.lstrip()[:1] == "#" for ln in (lines[i] for i in data_idx))):
+        return _parse_stats_slow(text, path)
+    columns = lines[col_idx[0]].split()[2:]
+    ncol = len(columns)
+    tokens = " ".join([lines[i] for i in data_idx]).split()
+    nrows = len(data_idx)
+    if (not ncol or len(tokens) != nrows * ncol or len(set(columns)) != ncol
+            or any(len(lines[i].split()) != ncol for i in (data_idx[0], data_idx[-1]))):
+        return _parse_stats_slow(text, path)
+    header: dict[str, str] = {}
+    measures: dict[str, Measure] = {}
+    for ln in comments:
+        if ln.startswith("# TableCol") or ln.startswith("# ColHeaders"):
+            continue
+        if ln.startswith("# Measure"):
+            try:
+                m = _parse_measure(ln[9:].strip(), path, 0)
+            except InputFormatError:        # re-parse slowly to name the line
+                return _parse_stats_slow(text, path)
+            if m.name in measures:
+                return _parse_stats_slow(text, path)
+            measures[m.name] = m
+            continue
+        parts = ln[1:].split(None, 1)
+        if parts and parts[0] not in header:
+            header[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+    for key in ("NRows", "NTableCols"):
+        if key in header:
+            want = nrows if key == "NRows" else ncol
+            v = header[key].split()
+            if not v or not v[0].isdigit() or int(v[0]) != want:
+                return _parse_stats_slow(text, path)
+    cells = FlatCells(tokens, nrows, ncol)
+    # every row must hold exactly ncol fields: the reshape alone cannot tell (e.g. one short
+    # row and one long row); check the row lengths in one pass.
+    if any(len(lines[i].split()) != ncol for i in data_idx):
+        return _parse_stats_slow(text, path)
+    return RawStats(path, header, measures, columns, cells, [i + 1 for i in data_idx])
+
+
+def _parse_stats_slow(text: str, path=None) -> RawStats:
+    """Line-by-line parser of a .stats file that names the offending line in each error.
 
     Columns come from the ``# ColHeaders`` line (positions are never assumed); ``# Measure``
     lines become :class:`Measure`; other ``# key value`` lines fill the header dict.
@@ -216,16 +284,16 @@ def parse_stats_text(text: str, path=None) -> RawStats:
         raise InputFormatError(
             "the file has a '# ColHeaders' line but no table rows; it is truncated. "
             + _RERUN, path=path, line=nlines)
-    cells = np.array(rows, dtype=str) if rows else np.empty((0, ncol), dtype=str)
+    cells = FlatCells([t for r in rows for t in r], len(rows), ncol)
     return RawStats(path, header, measures, columns or [], cells, row_lines)
 
 
-def numeric_column(cells: np.ndarray, j: int, colname: str, row_lines, path,
+def numeric_column(cells, j: int, colname: str, row_lines, path,
                    row_names=None) -> np.ndarray:
-    """Convert column ``j`` of a str cell array to float64, naming the first bad cell."""
+    """Convert column ``j`` of a str cell table to float64, naming the first bad cell."""
     col = cells[:, j]
     try:
-        return col.astype(np.float64)
+        return np.array(col, dtype=np.float64)
     except ValueError:
         pass
     for k, s in enumerate(col):

@@ -72,7 +72,7 @@ def _require_cols(raw: RawStats, needed: Sequence[str], what: str) -> list[int]:
 
 
 def _struct_names(raw: RawStats, j: int) -> list[str]:
-    names = raw.cells[:, j].tolist()
+    names = list(raw.cells[:, j])
     if len(set(names)) != len(names):
         first: dict[str, int] = {}
         for k, nm in enumerate(names):
