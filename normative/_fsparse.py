@@ -139,57 +139,8 @@ def _parse_measure(rest: str, path, line: int) -> Measure:
 def parse_stats_text(text: str, path=None) -> RawStats:
     """Parse the text of a FreeSurfer/FastSurfer .stats file (aseg, aparc*, wmparc, brainvol).
 
-    A fast path splits the whole table in one ``str.split`` and reshapes it with numpy;
-    any irregularity falls back to :func:`_parse_stats_slow`, which walks line by line
-    and raises naming the offending line.
-    """
-    lines = text.split("\n")
-    comments = [ln for ln in lines if ln[:1] == "#"]
-    data_idx = [i for i, ln in enumerate(lines) if ln[:1] != "#" and ln.strip()]
-    col_idx = [i for i, ln in enumerate(lines) if ln.startswith("# ColHeaders")]
-    if (len(col_idx) != 1 or not data_idx or data_idx[0] < col_idx[0]
-            or any(ln.lstrip()[:1] == "#" for ln in (lines[i] for i in data_idx))):
-        return _parse_stats_slow(text, path)
-    columns = lines[col_idx[0]].split()[2:]
-    ncol = len(columns)
-    tokens = " ".join([lines[i] for i in data_idx]).split()
-    nrows = len(data_idx)
-    if (not ncol or len(tokens) != nrows * ncol or len(set(columns)) != ncol
-            or any(len(lines[i].split()) != ncol for i in (data_idx[0], data_idx[-1]))):
-        return _parse_stats_slow(text, path)
-    header: dict[str, str] = {}
-    measures: dict[str, Measure] = {}
-    for ln in comments:
-        if ln.startswith("# TableCol") or ln.startswith("# ColHeaders"):
-            continue
-        if ln.startswith("# Measure"):
-            try:
-                m = _parse_measure(ln[9:].strip(), path, 0)
-            except InputFormatError:        # re-parse slowly to name the line
-                return _parse_stats_slow(text, path)
-            if m.name in measures:
-                return _parse_stats_slow(text, path)
-            measures[m.name] = m
-            continue
-        parts = ln[1:].split(None, 1)
-        if parts and parts[0] not in header:
-            header[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
-    for key in ("NRows", "NTableCols"):
-        if key in header:
-            want = nrows if key == "NRows" else ncol
-            v = header[key].split()
-            if not v or not v[0].isdigit() or int(v[0]) != want:
-                return _parse_stats_slow(text, path)
-    cells = FlatCells(tokens, nrows, ncol)
-    # every row must hold exactly ncol fields: the reshape alone cannot tell (e.g. one short
-    # row and one long row); check the row lengths in one pass.
-    if any(len(lines[i].split()) != ncol for i in data_idx):
-        return _parse_stats_slow(text, path)
-    return RawStats(path, header, measures, columns, cells, [i + 1 for i in data_idx])
-
-
-def _parse_stats_slow(text: str, path=None) -> RawStats:
-    """Line-by-line parser of a .stats file that names the offending line in each error.
+    One pass over the lines with plain string operations (about 0.4 ms for an aseg.stats);
+    errors name the offending line.
 
     Columns come from the ``# ColHeaders`` line (positions are never assumed); ``# Measure``
     lines become :class:`Measure`; other ``# key value`` lines fill the header dict.

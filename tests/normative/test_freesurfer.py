@@ -731,16 +731,3 @@ def test_require_single_volume_kind(fs_data, tmp_path, rng):
         warnings.simplefilter("error")
         assert require_single_volume_kind(a.iloc[:1]) == "pv_corrected"
 
-
-def test_fast_and_line_by_line_parsers_agree_on_every_real_stats_file(fs_data):
-    """The vectorised fast path equals the line-by-line parser on every real .stats file."""
-    from normative._fsparse import _parse_stats_slow, parse_stats_text
-
-    files = sorted(fs_data.rglob("*.stats"))
-    assert len(files) == 24
-    for f in files:
-        text = f.read_text()
-        a, b = parse_stats_text(text, f), _parse_stats_slow(text, f)
-        assert (a.header, a.measures, a.columns, a.row_lines) == (
-            b.header, b.measures, b.columns, b.row_lines), f
-        assert a.cells.tokens == b.cells.tokens and a.cells.shape == b.cells.shape, f
