@@ -1,0 +1,1 @@
+"""Package data of :mod:`normative`: the FreeSurfer label table (``freesurfer_labels.tsv``)."""
