@@ -16,7 +16,7 @@ from normfuse.device import cuda_available
 from normfuse.errors import ColumnContractError, DataDroppedWarning, NotFittedError, SchemaError
 
 LABEL = milestone_label(4, 3)  # "y_edss4_3y"
-FAST = dict(n_estimators=120, learning_rate=0.1, max_depth=3, device="cpu", n_jobs=2)
+FAST = dict(n_estimators=120, learning_rate=0.1, max_depth=3, device="cpu", n_jobs=1)
 
 
 def _cohort(rng, n_pat=400, visits=2):
