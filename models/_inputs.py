@@ -47,35 +47,66 @@ def _binary(y, who: str, arg: str = "y_true") -> np.ndarray:
     return num.astype(np.int8)
 
 
-def _scores(p, n: int, who: str, arg: str = "y_score") -> tuple[np.ndarray, list[str]]:
-    """Return scores as a (n, k) float array and their names; refuse NaN/inf naming the cell."""
+def _column(values, name: str, who: str, arg: str, index) -> np.ndarray:
+    """One score column as float64, naming the first non-numeric value if any."""
+    ser = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values).ravel())
+    num = pd.to_numeric(ser, errors="coerce")
+    bad = (num.isna() & ser.notna()).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row = index[i] if index is not None else i
+        raise ValueError(
+            f"{who}: {arg} column {name!r} must be numeric; row {row!r} holds "
+            f"{_py(ser.iloc[i])!r} ({int(bad.sum())} non-numeric values)."
+        )
+    return num.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _scores(p, n: int, who: str, arg: str = "y_score", like=None) -> tuple[np.ndarray, list[str]]:
+    """Return scores as a (n, k) float array and their names; refuse NaN/inf naming the cell.
+
+    When both ``like`` (the outcome) and ``p`` are pandas objects their indexes must be
+    equal: rows are matched by position, and a reordered Series would silently pair
+    each score with another patient's outcome.
+    """
+    if isinstance(like, pd.Series) and isinstance(p, (pd.Series, pd.DataFrame)):
+        if not like.index.equals(p.index):
+            raise ValueError(
+                f"{who}: the outcome and {arg} are pandas objects with different indexes "
+                f"(first outcome labels {list(like.index[:3])}, first score labels "
+                f"{list(p.index[:3])}). Align them first, e.g. scores.reindex(y.index), or pass "
+                "NumPy arrays in the same order."
+            )
     if isinstance(p, pd.DataFrame):
         names = [str(c) for c in p.columns]
-        cols = [pd.to_numeric(p[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-                for c in p.columns]
-        arr = np.column_stack(cols) if cols else np.empty((len(p), 0))
         index = p.index
+        cols = [_column(p.iloc[:, j], names[j], who, arg, index) for j in range(p.shape[1])]
     elif isinstance(p, Mapping):
         names = [str(k) for k in p]
-        arr = np.column_stack([np.asarray(v, dtype=np.float64) for v in p.values()])
         index = None
+        cols = [_column(v, k, who, arg, None) for k, v in zip(names, p.values(), strict=True)]
     else:
-        name = getattr(p, "name", None)
         index = p.index if isinstance(p, pd.Series) else None
-        arr = np.asarray(p, dtype=np.float64)
-        if arr.ndim == 1:
-            arr = arr[:, None]
+        raw = p if isinstance(p, pd.Series) else np.asarray(p)
+        if raw.ndim == 1:
+            name = getattr(p, "name", None)
             names = [str(name) if name is not None else "score"]
-        elif arr.ndim == 2:
-            names = [f"score{j}" for j in range(arr.shape[1])]
+            cols = [_column(raw, names[0], who, arg, index)]
+        elif raw.ndim == 2:
+            names = [f"score{j}" for j in range(raw.shape[1])]
+            cols = [_column(raw[:, j], names[j], who, arg, None) for j in range(raw.shape[1])]
         else:
-            raise ValueError(f"{who}: {arg} must be 1-D or 2-D, got shape {arr.shape}.")
-    if arr.shape[0] != n:
+            raise ValueError(f"{who}: {arg} must be 1-D or 2-D, got shape {raw.shape}.")
+    lengths = {len(c) for c in cols}
+    if len(lengths) > 1:
+        raise ValueError(f"{who}: the predictors in {arg} have different lengths {sorted(lengths)}.")
+    arr = np.column_stack(cols) if cols else np.empty((0, 0))
+    if cols and arr.shape[0] != n:
         raise ValueError(
             f"{who}: {arg} has {arr.shape[0]} rows but y_true has {n}. Pass one score per "
             "outcome, in the same order (align on patient_id first)."
         )
-    if arr.shape[1] == 0:
+    if not cols:
         raise ValueError(f"{who}: {arg} holds no predictor columns.")
     bad = ~np.isfinite(arr)
     if bad.any():

@@ -96,7 +96,7 @@ def calibration(y_true, y_prob, *, n_bins: int = 10, eps: float = 1e-12) -> Cali
     import warnings
 
     y = _binary(y_true, "calibration")
-    p, names = _scores(y_prob, y.size, "calibration", "y_prob")
+    p, names = _scores(y_prob, y.size, "calibration", "y_prob", like=y_true)
     if p.shape[1] != 1:
         raise ValueError(f"calibration: pass one predictor at a time (got {names}).")
     _both_classes(y, "calibration")
@@ -196,7 +196,7 @@ def decision_curve(y_true, y_prob, *, thresholds=None) -> DecisionCurveResult:
     [{'all': 0.0, 'none': 0.0, 'score': 0.5}]
     """
     y = _binary(y_true, "decision_curve")
-    p, names = _scores(y_prob, y.size, "decision_curve", "y_prob")
+    p, names = _scores(y_prob, y.size, "decision_curve", "y_prob", like=y_true)
     for j, nm in enumerate(names):
         _probabilities(p[:, j], nm, "decision_curve")
     if thresholds is None:
@@ -207,6 +207,10 @@ def decision_curve(y_true, y_prob, *, thresholds=None) -> DecisionCurveResult:
         if bad.any():
             raise ValueError(f"decision_curve: thresholds must lie in [0, 1); got {pt[bad][:5].tolist()}. "
                              "Net benefit is undefined at 1 (odds pt / (1 - pt) is infinite).")
+    clash = [nm for nm in names if nm in ("all", "none")]
+    if clash:
+        raise ValueError(f"decision_curve: predictor names {clash} clash with the reference "
+                         "strategies 'all' and 'none'; rename them (e.g. pass a dict).")
     n = y.size
     if n == 0:
         raise ValueError("decision_curve: no rows to evaluate.")

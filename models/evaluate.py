@@ -83,7 +83,7 @@ def auroc(y_true, y_score) -> float:
     0.75
     """
     y = _binary(y_true, "auroc")
-    s, _ = _scores(y_score, y.size, "auroc")
+    s, _ = _scores(y_score, y.size, "auroc", like=y_true)
     m, _ = _both_classes(y, "auroc")
     return float(K.auc_rows(np.concatenate([s[y == 1, 0], s[y == 0, 0]])[None, :], m)[0])
 
@@ -97,7 +97,7 @@ def auprc(y_true, y_score) -> float:
     0.8333
     """
     y = _binary(y_true, "auprc")
-    s, _ = _scores(y_score, y.size, "auprc")
+    s, _ = _scores(y_score, y.size, "auprc", like=y_true)
     _both_classes(y, "auprc")
     return float(K.average_precision_rows(s[:, 0][None, :], y)[0])
 
@@ -111,7 +111,7 @@ def brier_score(y_true, y_prob) -> float:
     0.1
     """
     y = _binary(y_true, "brier_score")
-    p, names = _scores(y_prob, y.size, "brier_score", "y_prob")
+    p, names = _scores(y_prob, y.size, "brier_score", "y_prob", like=y_true)
     _probabilities(p[:, 0], names[0], "brier_score")
     return float(np.mean((p[:, 0] - y) ** 2))
 
@@ -258,7 +258,7 @@ def delong(y_true, y_score, *, conf_level: float = 0.95) -> DeLongResult:
     [0.889, 1.0]
     """
     y = _binary(y_true, "delong")
-    s, names = _scores(y_score, y.size, "delong")
+    s, names = _scores(y_score, y.size, "delong", like=y_true)
     m, n = _both_classes(y, "delong", min_each=2)
     _zcrit(conf_level)
     auc, cov = K.delong_placements(s[y == 1].T, s[y == 0].T)
@@ -367,7 +367,7 @@ def bootstrap_ci(
     0.889
     """
     y = _binary(y_true, "bootstrap_ci")
-    s, names = _scores(y_score, y.size, "bootstrap_ci")
+    s, names = _scores(y_score, y.size, "bootstrap_ci", like=y_true)
     if s.shape[1] != 1:
         raise ValueError("bootstrap_ci: pass one predictor at a time (got "
                          f"{s.shape[1]} columns: {names}).")
@@ -451,7 +451,7 @@ def roc_curve(
     ([0.0, 0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5, 1.0])
     """
     y = _binary(y_true, "roc_curve")
-    s, names = _scores(y_score, y.size, "roc_curve")
+    s, names = _scores(y_score, y.size, "roc_curve", like=y_true)
     m, n = _both_classes(y, "roc_curve", min_each=2)
     zc = _zcrit(conf_level)
     x = s[:, 0]
@@ -465,9 +465,13 @@ def roc_curve(
     ci = (max(0.0, float(auc[0]) - zc * se), min(1.0, float(auc[0]) + zc * se))
     gfpr = np.linspace(0, 1, grid)
     rng = np.random.default_rng(random_state)
-    bp = pos[rng.integers(0, m, size=(n_boot, m))]
-    bn = neg[rng.integers(0, n, size=(n_boot, n))]
-    band = K.tpr_at_fpr_rows(bp, bn, gfpr)
+    blocks = []
+    for start in range(0, int(n_boot), BOOT_BLOCK):  # blocks of replicates, not rows
+        b = min(BOOT_BLOCK, int(n_boot) - start)
+        bp = pos[rng.integers(0, m, size=(b, m))]
+        bn = neg[rng.integers(0, n, size=(b, n))]
+        blocks.append(K.tpr_at_fpr_rows(bp, bn, gfpr))
+    band = np.concatenate(blocks)
     a = (1 - conf_level) / 2
     lo, hi = np.quantile(band, [a, 1 - a], axis=0)
     return RocCurveResult(_ro(fpr), _ro(tpr), _ro(thr), float(auc[0]), ci, _ro(gfpr),

@@ -84,7 +84,7 @@ def choose_threshold(
     if method not in ("youden", "closest.topleft"):
         raise ValueError(f"choose_threshold: method={method!r}; expected 'youden' or 'closest.topleft'.")
     y = _binary(y_val, "choose_threshold", "y_val")
-    s, names = _scores(p_val, y.size, "choose_threshold", "p_val")
+    s, names = _scores(p_val, y.size, "choose_threshold", "p_val", like=y_val)
     if s.shape[1] != 1:
         raise ValueError(f"choose_threshold: pass one predictor (got {names}).")
     m, n = _both_classes(y, "choose_threshold")
@@ -188,7 +188,7 @@ def metrics_at(threshold: Threshold | float, y_true, y_score, *, conf_level: flo
         raise ValueError("metrics_at: threshold is NaN; choose it with choose_threshold(y_val, p_val).")
     _zcrit(conf_level)
     y = _binary(y_true, "metrics_at")
-    s, _ = _scores(y_score, y.size, "metrics_at")
+    s, _ = _scores(y_score, y.size, "metrics_at", like=y_true)
     call = s[:, 0] >= value
     tp = int(np.sum(call & (y == 1)))
     fp = int(np.sum(call & (y == 0)))
@@ -264,7 +264,7 @@ def subgroup_metrics(
     reported with NaN discrimination metrics instead of raising.
     """
     y = _binary(y_true, "subgroup_metrics")
-    p, names = _scores(y_prob, y.size, "subgroup_metrics", "y_prob")
+    p, names = _scores(y_prob, y.size, "subgroup_metrics", "y_prob", like=y_true)
     p = p[:, 0]
     _probabilities(p, names[0], "subgroup_metrics")
     zc = _zcrit(conf_level)

@@ -407,6 +407,19 @@ def test_bad_scores_and_labels_are_named():
         brier_score([0, 1], [0.1, 1.2])
     y = pd.Series([True, False, True, False])
     assert auroc(y, [0.9, 0.1, 0.8, 0.2]) == 1.0
+    with pytest.raises(ValueError, match=r"column 'risk' must be numeric; row 'p3' holds 'high'"):
+        auroc([0, 1, 0, 1], pd.Series([0.1, 0.2, "high", 0.4], index=s.index, name="risk", dtype=object))
+
+
+def test_misaligned_pandas_inputs_are_refused():
+    """A score Series indexed differently from the outcome is an error, not a silent mismatch."""
+    y = pd.Series([0, 1, 0, 1], index=["a", "b", "c", "d"])
+    p = pd.Series([0.1, 0.9, 0.2, 0.8], index=["a", "b", "c", "d"])
+    assert auroc(y, p) == 1.0
+    with pytest.raises(ValueError, match="different indexes"):
+        auroc(y, p.iloc[::-1])
+    with pytest.raises(ValueError, match="clash"):
+        decision_curve(y, {"all": p.to_numpy()})
 
 
 def test_results_are_frozen_and_readonly(rng):
