@@ -4,18 +4,19 @@ Everything here takes a binary outcome ``y`` (0/1 or bool, 1 = event) and risk s
 where a *higher score means a higher risk* (pROC's ``direction = "<"``; this module
 never flips a predictor silently). Results are frozen dataclasses with ``summary()``.
 
-========================  ======================================================
-:func:`delong`            AUROCs of several predictors, DeLong covariance and CIs
-:func:`delong_test`       paired DeLong test of two correlated AUROCs
-:func:`auroc`, :func:`auprc`, :func:`brier_score`   point metrics
-:func:`bootstrap_ci`      stratified, seeded, vectorised percentile bootstrap CIs
-:func:`roc_curve`         ROC curve with a bootstrap sensitivity band
-:func:`calibration`       calibration slope / calibration-in-the-large, binned curve
-:func:`decision_curve`    net benefit (dcurves' conventions)
-:func:`choose_threshold`  Youden / closest-top-left cut learned on *validation* data
-:func:`metrics_at`        sensitivity, specificity, PPV, NPV at a frozen cut
-:func:`subgroup_metrics`  the above by sex, age band or any grouping
-========================  ======================================================
+==============================  ======================================================
+:func:`delong`                  AUROCs of several predictors, DeLong covariance and CIs
+:func:`delong_test`             paired DeLong test of two correlated AUROCs
+:func:`auroc`                   AUROC; also :func:`auprc` (average precision), :func:`brier_score`
+:func:`bootstrap_ci`            stratified, seeded, vectorised percentile bootstrap CIs
+:func:`roc_curve`               ROC curve with a bootstrap sensitivity band
+:func:`calibration`             calibration slope / calibration-in-the-large, binned curve
+:func:`decision_curve`          net benefit (dcurves' conventions)
+:func:`choose_threshold`        Youden / closest-top-left cut learned on *validation* data
+:func:`metrics_at`              sensitivity, specificity, PPV, NPV at a frozen cut
+:func:`subgroup_metrics`        the above by sex, age band or any grouping
+:func:`evaluate_predictions`    all of the above on test data in one call
+==============================  ======================================================
 
 This module is the public entry point; calibration and decision curves are implemented
 in :mod:`models.calibration`, thresholds and subgroups in :mod:`models.operating`, and the
@@ -67,6 +68,7 @@ __all__ = [
     "decision_curve", "DecisionCurveResult",
     "choose_threshold", "Threshold", "metrics_at", "OperatingPoint",
     "subgroup_metrics", "SubgroupResult", "age_bands",
+    "evaluate_predictions", "EvaluationResult",
 ]
 
 _METRICS = ("auroc", "auprc", "brier")
@@ -478,3 +480,109 @@ def roc_curve(
                           _ro(lo), _ro(hi), conf_level, names[0])
 
 
+
+
+# --------------------------------------------------------------------------- one call
+@dataclass(frozen=True, eq=False)
+class EvaluationResult(ResultMixin):
+    """Everything :func:`evaluate_predictions` computed on the test data, kept as parts.
+
+    Attributes
+    ----------
+    discrimination : DeLongResult; bootstrap : BootstrapResult (AUROC, AUPRC, Brier);
+    calibration : CalibrationResult; decision : DecisionCurveResult;
+    threshold : Threshold or None (learned on validation data, or given);
+    operating_point : OperatingPoint or None; subgroups : SubgroupResult or None.
+    """
+
+    discrimination: DeLongResult
+    bootstrap: BootstrapResult
+    calibration: CalibrationResult
+    decision: DecisionCurveResult
+    threshold: Threshold | None
+    operating_point: OperatingPoint | None
+    subgroups: SubgroupResult | None
+    _title = "Evaluation on test data"
+
+    def summary(self) -> pd.DataFrame:
+        """Headline metrics: estimate, ci_low, ci_high and the CI method, one row each."""
+        d = self.discrimination.summary().iloc[0]
+        b = self.bootstrap.summary()
+        c = self.calibration.summary()
+        rows = [("auroc", d["auc"], d["ci_low"], d["ci_high"], "DeLong")]
+        rows += [(m, b.loc[m, "estimate"], b.loc[m, "ci_low"], b.loc[m, "ci_high"],
+                  "stratified bootstrap") for m in ("auprc", "brier")]
+        rows += [(f"calibration_{m}", c.loc[m, "estimate"], c.loc[m, "ci_low"], c.loc[m, "ci_high"],
+                  "Wald") for m in ("slope", "intercept")]
+        if self.operating_point is not None:
+            op = self.operating_point.summary()
+            rows.append(("threshold", self.operating_point.threshold, np.nan, np.nan,
+                         "validation data" if self.threshold is not None else "given"))
+            rows += [(m, op.loc[m, "estimate"], op.loc[m, "ci_low"], op.loc[m, "ci_high"],
+                      "Clopper-Pearson") for m in ("sensitivity", "specificity", "ppv", "npv")]
+        tab = pd.DataFrame(rows, columns=["metric", "estimate", "ci_low", "ci_high", "ci_method"])
+        return tab.set_index("metric")
+
+    def _header_lines(self) -> list[str]:
+        d = self.discrimination
+        return [f"{d.n_pos} events, {d.n_neg} non-events; {d.conf_level:.0%} CIs"]
+
+
+def evaluate_predictions(
+    y_test,
+    p_test,
+    *,
+    y_val=None,
+    p_val=None,
+    threshold: Threshold | float | None = None,
+    groups=None,
+    n_boot: int = 2000,
+    conf_level: float = 0.95,
+    random_state: int | None = 0,
+) -> EvaluationResult:
+    """Evaluate predicted risks on test data in one call.
+
+    Computes AUROC with its DeLong CI, stratified-bootstrap CIs of AUPRC and Brier score,
+    calibration slope and intercept, the decision curve, and, when a cut is available,
+    sensitivity/specificity/PPV/NPV at it, plus metrics per subgroup.
+
+    Parameters
+    ----------
+    y_test, p_test : test outcomes (0/1) and predicted risks.
+    y_val, p_val : validation outcomes and risks; when given (and ``threshold`` is None)
+        the Youden cut is chosen on them with :func:`choose_threshold`. The test data
+        never choose the cut: without validation data or ``threshold`` no operating point
+        is reported.
+    threshold : a :class:`Threshold` or a pre-registered number, used as is.
+    groups : DataFrame or mapping of subgroup labels aligned with the test rows, e.g.
+        ``{"sex": sex, "age_band": age_bands(age)}``.
+    n_boot, conf_level, random_state : bootstrap settings.
+
+    Returns
+    -------
+    EvaluationResult
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 2, 400)
+    >>> p = 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(size=400))))
+    >>> r = evaluate_predictions(y[200:], p[200:], y_val=y[:200], p_val=p[:200], n_boot=200)
+    >>> r.summary().loc["auroc", "ci_method"]
+    'DeLong'
+    """
+    if threshold is None and (y_val is None) != (p_val is None):
+        raise ValueError("evaluate_predictions: pass both y_val and p_val (or neither).")
+    if threshold is None and y_val is not None:
+        threshold = choose_threshold(y_val, p_val)
+    disc = delong(y_test, p_test, conf_level=conf_level)
+    boot = bootstrap_ci(y_test, p_test, n_boot=n_boot, conf_level=conf_level,
+                        random_state=random_state)
+    cal = calibration(y_test, p_test)
+    dec = decision_curve(y_test, p_test)
+    op = None if threshold is None else metrics_at(threshold, y_test, p_test, conf_level=conf_level)
+    sub = None
+    if groups is not None:
+        sub = subgroup_metrics(y_test, p_test, groups, threshold=threshold, conf_level=conf_level)
+    return EvaluationResult(disc, boot, cal, dec,
+                            threshold if isinstance(threshold, Threshold) else None, op, sub)

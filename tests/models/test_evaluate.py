@@ -22,6 +22,7 @@ from models.evaluate import (
     decision_curve,
     delong,
     delong_test,
+    evaluate_predictions,
     metrics_at,
     roc_curve,
     subgroup_metrics,
@@ -455,3 +456,27 @@ def test_plots_draw_expected_artists(rng):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Treat all", "Treat none", "model", "half"]
     assert ax.get_ylabel() == "Net benefit"
     plt.close("all")
+
+
+# --------------------------------------------------------------------------- one call
+def test_evaluate_predictions_uses_validation_cut_and_matches_parts(rng):
+    """The one-call evaluation takes its cut from validation data and reports the parts' numbers."""
+    y, s = _sim(rng, n=600, k=1, ties=False)
+    p = 1 / (1 + np.exp(-s[:, 0]))
+    sex = rng.choice(["F", "M"], 300)
+    r = evaluate_predictions(y[300:], p[300:], y_val=y[:300], p_val=p[:300], n_boot=200,
+                             groups={"sex": sex})
+    tab = r.summary()
+    t = choose_threshold(y[:300], p[:300])
+    assert r.threshold == t and tab.loc["threshold", "estimate"] == t.value
+    assert tab.loc["auroc", "estimate"] == pytest.approx(auroc(y[300:], p[300:]))
+    assert tab.loc["sensitivity", "estimate"] == pytest.approx(metrics_at(t, y[300:], p[300:]).sensitivity)
+    assert tab.loc["calibration_slope", "estimate"] == pytest.approx(calibration(y[300:], p[300:]).slope)
+    assert set(r.subgroups.summary().index.get_level_values("level")) == {"F", "M"}
+    # relabelled test data change the metrics, never the cut
+    r2 = evaluate_predictions(1 - y[300:], p[300:], y_val=y[:300], p_val=p[:300], n_boot=200)
+    assert r2.threshold == t
+    # without validation data no operating point is reported (the test set never picks one)
+    r3 = evaluate_predictions(y[300:], p[300:], n_boot=200)
+    assert r3.operating_point is None and "sensitivity" not in r3.summary().index
+    assert "Evaluation on test data" in r3.to_text()
