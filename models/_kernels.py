@@ -14,6 +14,7 @@ __all__ = [
     "delong_placements",
     "auc_rows",
     "average_precision_rows",
+    "auc_ap_rows",
     "logistic_newton",
     "tpr_at_fpr_rows",
 ]
@@ -51,11 +52,47 @@ def delong_placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.
     return auc, s10 / m + s01 / n
 
 
+def _sorted_desc(scores: np.ndarray, y: np.ndarray):
+    """Row-wise descending sort: sorted scores, labels in that order, tie-group end mask."""
+    b, nn = scores.shape
+    order = np.argsort(-scores, axis=1, kind="stable")
+    s = np.take_along_axis(scores, order, axis=1)
+    yy = np.take_along_axis(np.broadcast_to(y, (b, nn)), order, axis=1).astype(np.float64)
+    end = np.ones((b, nn), dtype=bool)
+    end[:, :-1] = s[:, :-1] != s[:, 1:]
+    return s, yy, end
+
+
+def _auc_from_sorted(yy: np.ndarray, end: np.ndarray, m: int) -> np.ndarray:
+    """Mann-Whitney AUC from a descending sort: midrank of a tie group [a, b] is N - (a + b) / 2."""
+    b, nn = yy.shape
+    pos = np.arange(nn)
+    start = np.zeros((b, nn), dtype=bool)
+    start[:, 0] = True
+    start[:, 1:] = end[:, :-1]
+    first = np.maximum.accumulate(np.where(start, pos, 0), axis=1)
+    last = np.minimum.accumulate(np.where(end, pos, nn)[:, ::-1], axis=1)[:, ::-1]
+    midrank = nn - (first + last) / 2.0
+    n = nn - m
+    return ((midrank * yy).sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+
+
+def _ap_from_sorted(yy: np.ndarray, end: np.ndarray) -> np.ndarray:
+    nn = yy.shape[1]
+    tp = np.cumsum(yy, axis=1)
+    prec = tp / np.arange(1, nn + 1)
+    prev = np.zeros_like(tp)
+    prev[:, 1:] = np.maximum.accumulate(np.where(end, tp, 0.0), axis=1)[:, :-1]
+    ap = np.where(end, (tp - prev) * prec, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ap / tp[:, -1]
+
+
 def auc_rows(scores: np.ndarray, m: int) -> np.ndarray:
     """AUC of each row of ``scores`` (B, m + n) whose first ``m`` columns are the positives."""
-    n = scores.shape[1] - m
-    r = rankdata(scores, axis=1)
-    return (r[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+    y = np.r_[np.ones(m), np.zeros(scores.shape[1] - m)]
+    _, yy, end = _sorted_desc(np.atleast_2d(scores), y)
+    return _auc_from_sorted(yy, end, m)
 
 
 def average_precision_rows(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -65,23 +102,15 @@ def average_precision_rows(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
     step), the step-function area used by scikit-learn's ``average_precision_score``; it
     does not interpolate precision linearly, which would be optimistic.
     """
-    scores = np.atleast_2d(scores)
-    b, nn = scores.shape
-    order = np.argsort(-scores, axis=1, kind="stable")
-    s = np.take_along_axis(scores, order, axis=1)
-    yy = np.broadcast_to(y, (b, nn))
-    yy = np.take_along_axis(yy, order, axis=1).astype(np.float64)
-    tp = np.cumsum(yy, axis=1)
-    npos = tp[:, -1]
-    prec = tp / np.arange(1, nn + 1)
-    end = np.ones((b, nn), dtype=bool)
-    end[:, :-1] = s[:, :-1] != s[:, 1:]
-    tp_end = np.where(end, tp, 0.0)
-    prev = np.zeros_like(tp)
-    prev[:, 1:] = np.maximum.accumulate(tp_end, axis=1)[:, :-1]
-    ap = np.where(end, (tp - prev) * prec, 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return ap / npos
+    _, yy, end = _sorted_desc(np.atleast_2d(scores), y)
+    return _ap_from_sorted(yy, end)
+
+
+def auc_ap_rows(scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """AUC and average precision of each row (first ``m`` columns positive) from one sort."""
+    y = np.r_[np.ones(m), np.zeros(scores.shape[1] - m)]
+    _, yy, end = _sorted_desc(np.atleast_2d(scores), y)
+    return _auc_from_sorted(yy, end, m), _ap_from_sorted(yy, end)
 
 
 def tpr_at_fpr_rows(pos: np.ndarray, neg: np.ndarray, fpr: np.ndarray) -> np.ndarray:

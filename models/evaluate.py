@@ -324,14 +324,11 @@ class BootstrapResult(ResultMixin):
 
 def _metric_rows(metrics, scores: np.ndarray, m: int, ylay: np.ndarray) -> dict[str, np.ndarray]:
     out = {}
-    for name in metrics:
-        if name == "auroc":
-            out[name] = K.auc_rows(scores, m)
-        elif name == "auprc":
-            out[name] = K.average_precision_rows(scores, ylay)
-        else:
-            out[name] = np.mean((scores - ylay) ** 2, axis=1)
-    return out
+    if "auroc" in metrics or "auprc" in metrics:
+        out["auroc"], out["auprc"] = K.auc_ap_rows(scores, m)
+    if "brier" in metrics:
+        out["brier"] = np.mean((scores - ylay) ** 2, axis=1)
+    return {k: out[k] for k in metrics}
 
 
 def bootstrap_ci(
