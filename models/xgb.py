@@ -34,7 +34,7 @@ from normfuse.contracts import MODALITY_PREFIXES
 from normfuse.device import xgboost_device
 from normfuse.errors import ColumnContractError, DataDroppedWarning, SchemaError
 
-__all__ = ["XGBClassifierModel", "inner_split", "select_features"]
+__all__ = ["XGBClassifierModel", "inner_split", "select_features", "grouped_folds", "cross_val_risk"]
 
 _log = get_logger("models.xgb")
 _KIND = "XGBClassifierModel"
@@ -93,6 +93,101 @@ def inner_split(
             warnings.simplefilter("ignore", UserWarning)  # "least populated class" notice
             tr, va = next(cv.split(np.zeros(len(y)), y))
     return np.sort(tr), np.sort(va)
+
+
+def _label_array(table: pd.DataFrame, y, who: str) -> np.ndarray:
+    if isinstance(y, str):
+        if y not in table.columns:
+            raise ColumnContractError(f"{who}: label column {y!r} is not in the table.")
+        y = table[y]
+    if isinstance(y, pd.Series) and not y.index.equals(table.index):
+        raise ColumnContractError(f"{who}: the label Series' index does not match the table's; "
+                                  "pass labels indexed like the table or the label column's name.")
+    arr = pd.to_numeric(pd.Series(np.asarray(y)), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if arr.shape != (len(table),):
+        raise ValueError(f"{who}: y has {arr.size} values, the table has {len(table)} rows.")
+    return arr
+
+
+def grouped_folds(
+    table: pd.DataFrame,
+    y,
+    *,
+    n_splits: int = 5,
+    id_col: str = "patient_id",
+    random_state: int | None = 0,
+) -> pd.Series:
+    """Fold number (0..n_splits-1) of every row: stratified by outcome, grouped by patient.
+
+    Every row of a patient falls in the same fold, so a model never sees a test patient's
+    other visits. Rows whose label is missing get fold -1 (they are counted and logged)
+    and are left out of every fold. Reuse the returned Series to compare models on
+    identical folds.
+
+    Parameters
+    ----------
+    table : analysis table (holds ``id_col`` when patients have several rows).
+    y : label column name, Series indexed like ``table``, or array in table order.
+    n_splits : number of folds; id_col : patient identifier; random_state : shuffling seed.
+
+    Returns
+    -------
+    Series of int named ``fold`` with the table's index.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    who = "grouped_folds"
+    require_dataframe(table, who, "table")
+    lab = _label_array(table, y, who)
+    keep = ~np.isnan(lab)
+    log_dropped(_log, int((~keep).sum()), "rows", "label missing (fold -1)")
+    yk = lab[keep].astype(int)
+    fold = np.full(len(table), -1, dtype=int)
+    rows = np.flatnonzero(keep)
+    if id_col in table.columns:
+        groups = table[id_col].to_numpy()[keep]
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+        splits = cv.split(np.zeros(yk.size), yk, groups)
+    else:
+        cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+        splits = cv.split(np.zeros(yk.size), yk)
+    for k, (_, te) in enumerate(splits):
+        fold[rows[te]] = k
+    return pd.Series(fold, index=table.index, name="fold")
+
+
+def cross_val_risk(estimator, table: pd.DataFrame, y, folds: pd.Series | None = None, **fold_kw) -> pd.Series:
+    """Out-of-fold predicted risks: each row is predicted by a clone fitted without its fold.
+
+    Parameters
+    ----------
+    estimator : unfitted estimator with ``fit(table, y)`` and ``predict_proba(table)``
+        (e.g. :class:`XGBClassifierModel`); it is cloned per fold, never modified.
+    table, y : analysis table and labels (as in :func:`grouped_folds`).
+    folds : fold number per row from :func:`grouped_folds` (computed with ``fold_kw``
+        when None). Rows in fold -1 get NaN.
+
+    Returns
+    -------
+    Series named ``risk`` with the table's index.
+    """
+    from sklearn.base import clone
+
+    who = "cross_val_risk"
+    lab = _label_array(table, y, who)
+    if folds is None:
+        folds = grouped_folds(table, lab, **fold_kw)
+    if not (isinstance(folds, pd.Series) and folds.index.equals(table.index)):
+        raise ColumnContractError(f"{who}: folds must be a Series indexed like the table "
+                                  "(use grouped_folds(table, y)).")
+    f = folds.to_numpy()
+    risk = np.full(len(table), np.nan)
+    for k in np.unique(f[f >= 0]):  # one fit per fold
+        tr = np.flatnonzero((f >= 0) & (f != k))
+        te = np.flatnonzero(f == k)
+        model = clone(estimator).fit(table.iloc[tr], pd.Series(lab[tr], index=table.index[tr]))
+        risk[te] = model.predict_proba(table.iloc[te])[:, 1]
+    return pd.Series(risk, index=table.index, name="risk")
 
 
 @persist.register(_KIND, schema=1)

@@ -9,7 +9,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from models.evaluate import auroc
-from models.xgb import XGBClassifierModel, inner_split
+from models.xgb import XGBClassifierModel, cross_val_risk, grouped_folds, inner_split
 from normfuse import persist
 from normfuse.contracts import milestone_label
 from normfuse.device import cuda_available
@@ -195,3 +195,45 @@ def test_cuda_equals_cpu_within_tolerance():
     gpu = XGBClassifierModel(**common, device="cuda").fit(t, LABEL)
     assert gpu.device_ == "cuda"
     assert_allclose(gpu.predict_proba(t), cpu.predict_proba(t), atol=2e-3)
+
+
+class _Recorder:
+    """A minimal estimator that records the patients it was fitted on (for leakage checks)."""
+
+    seen: list = []
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **kw):
+        return self
+
+    def fit(self, table, y):
+        _Recorder.seen.append(set(table["patient_id"]))
+        self.rate_ = float(np.mean(y))
+        return self
+
+    def predict_proba(self, table):
+        return np.column_stack([np.full(len(table), 1 - self.rate_), np.full(len(table), self.rate_)])
+
+
+def test_grouped_folds_and_out_of_fold_risk(rng):
+    """Folds keep patients whole and stratify; out-of-fold fits never see the predicted patients."""
+    t = _cohort(rng, n_pat=150, visits=2)
+    t[LABEL] = t[LABEL].astype(float)
+    t.loc[t.index[0], LABEL] = np.nan
+    folds = grouped_folds(t, LABEL, n_splits=5, random_state=3)
+    assert folds.iloc[0] == -1 and list(folds.index) == list(t.index)
+    per_patient = t.assign(fold=folds).iloc[1:].groupby("patient_id")["fold"].nunique()
+    assert (per_patient == 1).all()
+    y = t[LABEL].to_numpy()
+    rates = [np.nanmean(y[folds.to_numpy() == k]) for k in range(5)]
+    assert max(rates) - min(rates) < 0.1
+    _Recorder.seen = []
+    risk = cross_val_risk(_Recorder(), t, LABEL, folds=folds)
+    assert np.isnan(risk.iloc[0]) and risk.iloc[1:].notna().all()
+    for k, seen in enumerate(_Recorder.seen):
+        test_patients = set(t.loc[folds == k, "patient_id"])
+        assert seen.isdisjoint(test_patients)
+    oof = cross_val_risk(XGBClassifierModel(**FAST), t, LABEL, folds=folds)
+    assert auroc(t[LABEL].iloc[1:], oof.iloc[1:]) > 0.75
