@@ -1,4 +1,4 @@
-"""Plots of evaluation results: ROC with a CI band, calibration curve, decision curve.
+"""Plots of evaluation results (ROC with a CI band, calibration, decision curve) and SHAP bars.
 
 Each function takes a result object and an optional ``ax``, draws, and returns the
 ``Axes``; none recomputes a statistic or saves a file. matplotlib is imported inside
@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from models.calibration import CalibrationResult, DecisionCurveResult
     from models.evaluate import RocCurveResult
 
-__all__ = ["plot_roc", "plot_calibration", "plot_decision_curve"]
+__all__ = ["plot_roc", "plot_calibration", "plot_decision_curve", "plot_shap_importance"]
 
 
 def _axes(ax):
@@ -97,4 +97,25 @@ def plot_decision_curve(result: DecisionCurveResult, ax=None, *, ymin: float | N
     ax.set_xlabel("Threshold probability")
     ax.set_ylabel("Net benefit")
     ax.legend(loc="upper right", fontsize="small")
+    return ax
+
+
+def plot_shap_importance(shap, ax=None, *, top: int = 15, color: str = "C0"):
+    """Horizontal bars of mean |SHAP| per feature (largest on top).
+
+    Parameters
+    ----------
+    shap : DataFrame from :meth:`models.xgb.XGBClassifierModel.shap_values` (the ``bias``
+        column is ignored).
+    top : number of features shown.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    ax = _axes(ax)
+    imp = shap.drop(columns=["bias"], errors="ignore").abs().mean().sort_values(ascending=False)
+    imp = imp.iloc[:top][::-1]
+    ax.barh([str(i) for i in imp.index], imp.to_numpy(), color=color)
+    ax.set_xlabel("Mean |SHAP value| (log-odds)")
     return ax

@@ -237,3 +237,19 @@ def test_grouped_folds_and_out_of_fold_risk(rng):
         assert seen.isdisjoint(test_patients)
     oof = cross_val_risk(XGBClassifierModel(**FAST), t, LABEL, folds=folds)
     assert auroc(t[LABEL].iloc[1:], oof.iloc[1:]) > 0.75
+
+
+def test_shap_importance_plot(fitted):
+    """The SHAP bar plot draws one bar per feature, the planted feature on top (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models.plotting import plot_shap_importance
+
+    m, t = fitted
+    ax = plot_shap_importance(m.shap_values(t), top=5)
+    labels = [tl.get_text() for tl in ax.get_yticklabels()]
+    assert len(ax.patches) == 5 and labels[-1] in {"dev__thal", "ehr__relapses"}
+    plt.close("all")
