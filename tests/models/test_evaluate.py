@@ -6,6 +6,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 from models import _kernels as K
@@ -480,3 +482,23 @@ def test_evaluate_predictions_uses_validation_cut_and_matches_parts(rng):
     r3 = evaluate_predictions(y[300:], p[300:], n_boot=200)
     assert r3.operating_point is None and "sensitivity" not in r3.summary().index
     assert "Evaluation on test data" in r3.to_text()
+
+
+# --------------------------------------------------------------------------- properties
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(6, 60))
+def test_delong_permutation_and_monotone_invariance(seed, n):
+    """AUC and DeLong covariance ignore row order and strictly increasing score transforms."""
+    g = np.random.default_rng(seed)
+    y = np.r_[0, 0, 1, 1, g.integers(0, 2, n - 4)]
+    s = np.round(g.normal(size=(n, 2)) + y[:, None], 1)
+    r = delong(y, s)
+    perm = g.permutation(n)
+    rp = delong(y[perm], s[perm])
+    rt = delong(y, np.exp(3 * s) + 1)
+    assert_allclose(rp.auc, r.auc, rtol=1e-12)
+    assert_allclose(rp.cov, r.cov, rtol=1e-9, atol=1e-15)
+    assert_allclose(rt.auc, r.auc, rtol=1e-12)
+    assert_allclose(rt.cov, r.cov, rtol=1e-9, atol=1e-15)
+    # flipping the outcome mirrors the AUC
+    assert_allclose(delong(1 - y, s).auc, 1 - r.auc, rtol=1e-12, atol=1e-15)
