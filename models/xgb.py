@@ -96,17 +96,45 @@ def inner_split(
 
 
 def _label_array(table: pd.DataFrame, y, who: str) -> np.ndarray:
+    """Labels aligned with ``table`` as float (NaN where missing)."""
     if isinstance(y, str):
         if y not in table.columns:
-            raise ColumnContractError(f"{who}: label column {y!r} is not in the table.")
-        y = table[y]
-    if isinstance(y, pd.Series) and not y.index.equals(table.index):
-        raise ColumnContractError(f"{who}: the label Series' index does not match the table's; "
-                                  "pass labels indexed like the table or the label column's name.")
-    arr = pd.to_numeric(pd.Series(np.asarray(y)), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    if arr.shape != (len(table),):
-        raise ValueError(f"{who}: y has {arr.size} values, the table has {len(table)} rows.")
-    return arr
+            raise ColumnContractError(f"{who}: label column {y!r} is not in the table. Labels look "
+                                      "like 'y_edss4_3y' (normfuse.contracts.milestone_label(4, 3)).")
+        yy = table[y]
+    elif isinstance(y, pd.Series):
+        if not y.index.equals(table.index):
+            missing = table.index.difference(y.index)
+            if len(missing) or not y.index.is_unique:
+                raise ColumnContractError(
+                    f"{who}: the label Series' index does not match the table's index "
+                    f"({len(missing)} table rows have no label, e.g. {list(missing[:5])}). "
+                    "Pass labels indexed like the table, or the label column's name."
+                )
+            yy = y.reindex(table.index)
+        else:
+            yy = y
+    elif y is None:
+        raise ValueError(f"{who}: y is required (a label column name or a Series of 0/1).")
+    else:
+        arr = np.asarray(y)
+        if arr.shape != (len(table),):
+            raise ValueError(f"{who}: y has shape {arr.shape}, the table has {len(table)} rows.")
+        yy = pd.Series(arr, index=table.index)
+    if yy.dtype == bool:
+        return yy.to_numpy(dtype=np.float64)
+    num = pd.to_numeric(yy, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isnan(num) & ~np.isin(num, (0.0, 1.0))
+    bad |= np.isnan(num) & yy.notna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{who}: labels must be 0/1 or True/False; row {table.index[i]!r} holds "
+                         f"{_plain(yy.iloc[i])!r} ({int(bad.sum())} such rows).")
+    return num
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def grouped_folds(
@@ -324,43 +352,6 @@ class XGBClassifierModel(ClassifierMixin, BaseEstimator):
             )
         return x.astype(np.float32)
 
-    def _labels(self, table: pd.DataFrame, y, who: str) -> np.ndarray:
-        """Labels aligned with ``table`` as float (NaN where missing)."""
-        if isinstance(y, str):
-            if y not in table.columns:
-                raise ColumnContractError(f"{who}: label column {y!r} is not in the table. Labels look "
-                                          "like 'y_edss4_3y' (normfuse.contracts.milestone_label(4, 3)).")
-            yy = table[y]
-        elif isinstance(y, pd.Series):
-            if not y.index.equals(table.index):
-                missing = table.index.difference(y.index)
-                if len(missing) or not y.index.is_unique:
-                    raise ColumnContractError(
-                        f"{who}: the label Series' index does not match the table's index "
-                        f"({len(missing)} table rows have no label, e.g. {list(missing[:5])}). "
-                        "Pass labels indexed like the table, or the label column's name."
-                    )
-                yy = y.reindex(table.index)
-            else:
-                yy = y
-        elif y is None:
-            raise ValueError(f"{who}: y is required (a label column name or a Series of 0/1).")
-        else:
-            arr = np.asarray(y)
-            if arr.shape != (len(table),):
-                raise ValueError(f"{who}: y has shape {arr.shape}, the table has {len(table)} rows.")
-            yy = pd.Series(arr, index=table.index)
-        if yy.dtype == bool:
-            return yy.to_numpy(dtype=np.float64)
-        num = pd.to_numeric(yy, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = ~np.isnan(num) & ~np.isin(num, (0.0, 1.0))
-        bad |= np.isnan(num) & yy.notna().to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{who}: labels must be 0/1 or True/False; row {table.index[i]!r} holds "
-                             f"{yy.iloc[i]!r} ({int(bad.sum())} such rows).")
-        return num
-
     def _xgb_params(self, device: str, spw: float) -> dict:
         p = {
             "objective": "binary:logistic",
@@ -414,7 +405,7 @@ class XGBClassifierModel(ClassifierMixin, BaseEstimator):
         self._check_params()
         require_dataframe(table, who, "table")
         features = select_features(table, self.feature_prefixes, who)
-        labels = self._labels(table, y, who)
+        labels = _label_array(table, y, who)
         x = self._matrix(table, features, who)
         keep = ~np.isnan(labels)
         n_drop = int((~keep).sum())
