@@ -31,6 +31,8 @@ log = logging.getLogger("normfuse.normative")
 
 VOLUME_META_COLUMNS = ("subject_id", "session_id", "age", "sex", "site", "icv", "volume_kind")
 _SCHEMA = 1
+_WARM_START_ROWS = 8000
+_MIN_SITE_LOG_SCALE_SD = 0.10
 
 
 def _quad_forms(A, covs, chunk_rows=20000):
@@ -82,9 +84,10 @@ class NormativeModel:
     backend : {"native", "pcntoolkit"}, default "native"
         ``"pcntoolkit"`` fits pcntoolkit 1.3's warped BLR behind this interface
         (extra ``pcn``; slow, for reference comparisons).
-    device : {"cpu", "cuda", "auto"}, default "cpu"
+    device : {"cpu", "cuda", "auto", "torch:cpu"}, default "cpu"
         ``"cuda"`` (or ``"auto"`` with a GPU) fits with torch on the GPU in float64,
-        giving the CPU (numpy) results to float tolerance.
+        giving the CPU (numpy) results to float tolerance; ``"torch:cpu"`` runs the
+        torch code path on the CPU (to check it against numpy without a GPU).
     max_iter : int, default 100
         Newton iterations per empirical-Bayes round.
     verbose : int, default 0
@@ -193,16 +196,13 @@ class NormativeModel:
             raise ColumnContractError(f"{who}: column {self.site_col!r} is missing at row {df.index[i]!r}.")
 
     def _check_volume_kind(self, df, who, fitting):
+        """One volume kind per table, and the same kind as the reference after fit."""
         if "volume_kind" not in df.columns:
             return None
-        kinds = sorted(map(str, df["volume_kind"].dropna().astype("string").unique().tolist()))
-        if len(kinds) > 1:
-            raise VolumeKindError(
-                f"{who}: volumes of different kinds are mixed: {kinds}. Partial-volume corrected "
-                "(.stats), voxel-count (.mgz) and soft (SynthSeg) volumes differ systematically; "
-                "model one kind at a time.")
-        kind = kinds[0] if kinds else None
-        if not fitting and self.volume_kind_ is not None and kind is not None and kind != self.volume_kind_:
+        from normative.freesurfer import require_single_volume_kind
+
+        kind = require_single_volume_kind(df, who=who)
+        if not fitting and self.volume_kind_ is not None and kind != self.volume_kind_:
             raise VolumeKindError(
                 f"{who}: the model was fitted on {self.volume_kind_!r} volumes but the data hold "
                 f"{kind!r} volumes. Use volumes of the same kind as the reference.")
@@ -211,6 +211,10 @@ class NormativeModel:
     def _xp(self):
         from normfuse.device import resolve_device
 
+        if self.device == "torch:cpu":          # the torch code path on the CPU (for checks)
+            import torch
+
+            return torch, "cpu"
         dev = resolve_device(self.device)
         if dev.startswith("cuda"):
             import torch
@@ -288,8 +292,14 @@ class NormativeModel:
 
         t = lambda a: self._to_xp(xp, dev, a)  # noqa: E731
         args = (t(X), t(Zs), t(Ys), t(M), site_loc, site_sc)
-        # a normal heteroscedastic fit first gives the SHASH fit a good start
-        res = _engine.fit(xp, *args, shape=False, max_iter=self.max_iter)
+        # a normal heteroscedastic fit first gives the SHASH fit a good start; on large
+        # samples it runs on an evenly spaced subsample (it only provides the start)
+        if self.likelihood == "shash" and len(controls) > 2 * _WARM_START_ROWS:
+            stride = slice(None, None, int(np.ceil(len(controls) / _WARM_START_ROWS)))
+            sub = (t(X[stride]), t(Zs[stride]), t(Ys[stride]), t(M[stride]), site_loc, site_sc)
+            res = _engine.fit(xp, *sub, shape=False, max_iter=self.max_iter, eb_rounds=2)
+        else:
+            res = _engine.fit(xp, *args, shape=False, max_iter=self.max_iter)
         if self.likelihood == "shash":
             init = (res.beta, res.gamma, res.eps, res.tau)
             res2 = _engine.fit(xp, *args, shape=True, max_iter=self.max_iter, init=init,
@@ -345,7 +355,9 @@ class NormativeModel:
         mean = (w * logsd).sum(0) / wsum
         var = (w * (logsd - mean) ** 2).sum(0) / wsum
         samp = (w * (1.0 / (2.0 * np.maximum(cnt - 1, 1)))).sum(0) / wsum
-        return np.sqrt(np.clip(var - samp, 0.02 ** 2, None))
+        # floor: a moment estimate from a handful of sites is unreliable, and scanners
+        # plausibly differ by ~10 % in noise; a tighter prior would pin new sites' scale
+        return np.sqrt(np.clip(var - samp, _MIN_SITE_LOG_SCALE_SD ** 2, None))
 
     def _fit_pcntoolkit(self, controls):
         from normative._pcn import PcnBackend
