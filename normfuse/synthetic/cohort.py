@@ -16,7 +16,7 @@ true normative quantile score is exactly ``z``, so *critical deviation* means
 ``|z| > 1.96`` against the true control distribution. Patients have::
 
     z_patient = z_healthy + direction_r * (offset_r + severity_loading_r * s_i)
-                - direction_r * atrophy_r * atrophy_factor_i * years_since_baseline
+                + direction_r * atrophy_r * atrophy_factor_i * years_since_baseline
 
 with ``s_i ~ N(0, 1)``. ``offset_r`` is solved so that a region is critical at
 baseline in a target fraction of patients (``truth.regions['prevalence']``): thalamus
@@ -470,7 +470,7 @@ def simulate_cohort(
         u_pers = r_z.standard_normal((P, sl.stop - sl.start))
         u_v = trait * u_pers[vpat] + noise * r_z.standard_normal((V, sl.stop - sl.start))
         zb = lam[sl] * g_v[:, None] + np.sqrt(1 - lam[sl] ** 2) * u_v
-        zb += shift_p[vpat, sl] - np.multiply.outer(atrophy_factor[vpat] * t, atr[sl])
+        zb += shift_p[vpat, sl] + np.multiply.outer(atrophy_factor[vpat] * t, atr[sl])
         n_crit_v += (zb < -CRIT).sum(axis=1)
         z_scan[:, sl] = zb[scan_rows]
 

@@ -138,12 +138,76 @@ _ASEG_MEASURES = (
     ("EstimatedTotalIntraCranialVol", "eTIV", "Estimated Total Intracranial Volume", "mm^3"),
 )
 
-_TABLE_COLS = ("Index", "SegId", "NVoxels", "Volume_mm3", "StructName", "normMean",
-               "normStdDev", "normMin", "normMax", "normRange")
-_TABLE_FIELDS = ("Index", "Segmentation Id", "Number of Voxels", "Volume", "Structure Name",
-                 "Intensity normMean", "Itensity normStdDev", "Intensity normMin",
-                 "Intensity normMax", "Intensity normRange")
-_TABLE_UNITS = ("NA", "NA", "unitless", "mm^3", "NA", "MR", "MR", "MR", "MR", "MR")
+#: FreeSurfer 7.2's table header lines, verbatim (their irregular trailing spaces included).
+_ASEG_TABLE_HEADER = (
+    '# TableCol  1 ColHeader Index ',
+    '# TableCol  1 FieldName Index ',
+    '# TableCol  1 Units     NA ',
+    '# TableCol  2 ColHeader SegId ',
+    '# TableCol  2 FieldName Segmentation Id',
+    '# TableCol  2 Units     NA',
+    '# TableCol  3 ColHeader NVoxels ',
+    '# TableCol  3 FieldName Number of Voxels',
+    '# TableCol  3 Units     unitless',
+    '# TableCol  4 ColHeader Volume_mm3',
+    '# TableCol  4 FieldName Volume',
+    '# TableCol  4 Units     mm^3',
+    '# TableCol  5 ColHeader StructName',
+    '# TableCol  5 FieldName Structure Name',
+    '# TableCol  5 Units     NA',
+    '# TableCol  6 ColHeader normMean ',
+    '# TableCol  6 FieldName Intensity normMean',
+    '# TableCol  6 Units     MR',
+    '# TableCol  7 ColHeader normStdDev',
+    '# TableCol  7 FieldName Itensity normStdDev',
+    '# TableCol  7 Units     MR',
+    '# TableCol  8 ColHeader normMin',
+    '# TableCol  8 FieldName Intensity normMin',
+    '# TableCol  8 Units     MR',
+    '# TableCol  9 ColHeader normMax',
+    '# TableCol  9 FieldName Intensity normMax',
+    '# TableCol  9 Units     MR',
+    '# TableCol 10 ColHeader normRange',
+    '# TableCol 10 FieldName Intensity normRange',
+    '# TableCol 10 Units     MR',
+    '# NRows 45 ',
+    '# NTableCols 10 ',
+    '# ColHeaders  Index SegId NVoxels Volume_mm3 StructName normMean normStdDev normMin normMax normRange  ',
+)
+_APARC_TABLE_HEADER = (
+    '# NTableCols 10',
+    '# TableCol  1 ColHeader StructName',
+    '# TableCol  1 FieldName Structure Name',
+    '# TableCol  1 Units     NA',
+    '# TableCol  2 ColHeader NumVert',
+    '# TableCol  2 FieldName Number of Vertices',
+    '# TableCol  2 Units     unitless',
+    '# TableCol  3 ColHeader SurfArea',
+    '# TableCol  3 FieldName Surface Area',
+    '# TableCol  3 Units     mm^2',
+    '# TableCol  4 ColHeader GrayVol',
+    '# TableCol  4 FieldName Gray Matter Volume',
+    '# TableCol  4 Units     mm^3',
+    '# TableCol  5 ColHeader ThickAvg ',
+    '# TableCol  5 FieldName Average Thickness',
+    '# TableCol  5 Units     mm',
+    '# TableCol  6 ColHeader ThickStd',
+    '# TableCol  6 FieldName Thickness StdDev',
+    '# TableCol  6 Units     mm ',
+    '# TableCol  7 ColHeader MeanCurv',
+    '# TableCol  7 FieldName Integrated Rectified Mean Curvature',
+    '# TableCol  7 Units     mm^-1',
+    '# TableCol  8 ColHeader GausCurv ',
+    '# TableCol  8 FieldName Integrated Rectified Gaussian Curvature',
+    '# TableCol  8 Units     mm^-2',
+    '# TableCol  9 ColHeader  FoldInd',
+    '# TableCol  9 FieldName  Folding Index ',
+    '# TableCol  9 Units      unitless ',
+    '# TableCol 10 ColHeader CurvInd',
+    '# TableCol 10 FieldName Intrinsic Curvature Index',
+    '# TableCol 10 Units     unitless',
+    '# ColHeaders StructName NumVert SurfArea GrayVol ThickAvg ThickStd MeanCurv GausCurv FoldInd CurvInd',
+)
 
 
 def _aseg_header(subject: str, subjects_dir: str) -> str:
@@ -170,12 +234,7 @@ def _aseg_tail_header() -> str:
         "# Excluding Cortical Gray and White Matter", "# ExcludeSegId 0 2 3 41 42 ",
         "# VoxelVolume_mm3 1 ",
     ]
-    for i, (c, f, u) in enumerate(zip(_TABLE_COLS, _TABLE_FIELDS, _TABLE_UNITS), start=1):
-        lines += [f"# TableCol {i:2d} ColHeader {c}", f"# TableCol {i:2d} FieldName {f}",
-                  f"# TableCol {i:2d} Units     {u}"]
-    lines += [f"# NRows {len(ASEG_ROWS)} ", "# NTableCols 10 ",
-              "# ColHeaders  Index SegId NVoxels Volume_mm3 StructName normMean normStdDev "
-              "normMin normMax normRange  "]
+    lines += list(_ASEG_TABLE_HEADER)
     return "\n".join(lines) + "\n"
 
 
@@ -271,19 +330,8 @@ def _aparc_text(subj, sdir, hemi, gray, full_row, p, rng) -> str:
         f"{full_row['SupraTentorialVolNotVent']:f}, mm^3",
         f"# Measure EstimatedTotalIntraCranialVol, eTIV, Estimated Total Intracranial Volume, "
         f"{full_row['EstimatedTotalIntraCranialVol']:f}, mm^3",
-        "# NTableCols 10",
     ]
-    cols = (("StructName", "Structure Name", "NA"), ("NumVert", "Number of Vertices", "unitless"),
-            ("SurfArea", "Surface Area", "mm^2"), ("GrayVol", "Gray Matter Volume", "mm^3"),
-            ("ThickAvg", "Average Thickness", "mm"), ("ThickStd", "Thickness StdDev", "mm"),
-            ("MeanCurv", "Integrated Rectified Mean Curvature", "mm^-1"),
-            ("GausCurv", "Integrated Rectified Gaussian Curvature", "mm^-2"),
-            ("FoldInd", "Folding Index", "unitless"), ("CurvInd", "Intrinsic Curvature Index", "unitless"))
-    for i, (a, b, u) in enumerate(cols, start=1):
-        head += [f"# TableCol {i:2d} ColHeader {a}", f"# TableCol {i:2d} FieldName {b}",
-                 f"# TableCol {i:2d} Units     {u}"]
-    head.append("# ColHeaders StructName NumVert SurfArea GrayVol ThickAvg ThickStd MeanCurv "
-                "GausCurv FoldInd CurvInd")
+    head += list(_APARC_TABLE_HEADER)
     return "\n".join(head) + "\n" + rows
 
 
