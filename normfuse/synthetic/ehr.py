@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from normfuse.synthetic._util import StringDType, num_str, str_array, take_str
+from normfuse.synthetic._util import str_array, take_str
 
 __all__ = ["Context", "simulate_ehr", "ENCOUNTER_TYPES", "LAB_UNITS"]
 
@@ -197,15 +197,18 @@ def simulate_ehr(rng: np.random.Generator, ctx: Context, *, messy_rate: float = 
 
     P = ctx.pid.size
     dmt = np.asarray(DMT_NAMES)[ctx.dmt_idx]
-    parts = []  # (enc_index, table_code, var_code, value_str, unit_code, censor_ok)
+    # events are kept numeric (value, decimals, codes) until sorted; strings are made last,
+    # in pyarrow, because building tens of millions of Python/numpy strings is the slow part
+    parts = []  # (enc_idx, table_code, var_code, unit_code, value, decimals)
     var_names: list[str] = []
     units: list[str] = []
 
-    def add(table, name, unit, enc_idx, values):
+    def add(table, name, unit, enc_idx, values, dec):
         var_names.append(name)
         if unit not in units:
             units.append(unit)
-        parts.append((enc_idx, table, len(var_names) - 1, values, units.index(unit)))
+        parts.append((enc_idx, table, len(var_names) - 1, units.index(unit),
+                      np.asarray(values, dtype=float), dec))
 
     # ---- labs ---------------------------------------------------------------------------
     panel_mask = {p: rng.random(E) < np.asarray(pr)[typ] for p, pr in _PANEL_P.items()}
@@ -214,36 +217,29 @@ def simulate_ehr(rng: np.random.Generator, ctx: Context, *, messy_rate: float = 
         lymph_f[dmt == name] = f
     female = ctx.male[pat] == 0
     season = np.sin(2 * np.pi * (start.astype("datetime64[D]").astype(np.int64) % 365) / 365.25)
-    lab_values = {
-        "wbc": lambda n: 6.5 * np.exp(0.25 * rng.standard_normal(n)),
-        "neutrophils_abs": lambda n: 4.0 * np.exp(0.3 * rng.standard_normal(n)),
-        "lymphocytes_abs": None, "platelets": lambda n: np.clip(rng.normal(250, 55, n), 20, None),
-        "hemoglobin": None, "vitamin_d_25oh": None,
-        "crp": lambda n: 2.0 * np.exp(1.0 * rng.standard_normal(n)),
-        "alt": lambda n: 22 * np.exp(0.35 * rng.standard_normal(n)),
-        "creatinine": None,
-    }
     for name, (unit, dec, panel) in _LABS.items():
         idx = np.flatnonzero(panel_mask[panel] & (rng.random(E) >= 0.02))
         n = idx.size
+        z = rng.standard_normal(n)
         if name == "lymphocytes_abs":
-            v = 1.9 * lymph_f[pat[idx]] * np.exp(0.25 * rng.standard_normal(n))
+            v = 1.9 * lymph_f[pat[idx]] * np.exp(0.25 * z)
         elif name == "hemoglobin":
-            v = np.where(female[idx], 13.2, 15.0) + 1.1 * rng.standard_normal(n)
+            v = np.where(female[idx], 13.2, 15.0) + 1.1 * z
         elif name == "vitamin_d_25oh":
-            v = np.clip(32 - 2.0 * (lat[idx] - 2) + 5 * season[idx] + 8 * rng.standard_normal(n),
-                        1, 150)
+            v = np.clip(32 - 2.0 * (lat[idx] - 2) + 5 * season[idx] + 8 * z, 1, 150)
         elif name == "creatinine":
-            v = np.where(female[idx], 0.75, 0.95) * np.exp(0.15 * rng.standard_normal(n))
-        else:
-            v = lab_values[name](n)
-        s = num_str(v, dec)
-        lod, uod = _LIMITS.get(name, (None, None))
-        if lod is not None:
-            s[v < lod] = f"<{lod:g}"
-        if uod is not None:
-            s[v > uod] = f">{uod:g}"
-        add(0, name, unit, idx, s)
+            v = np.where(female[idx], 0.75, 0.95) * np.exp(0.15 * z)
+        elif name == "wbc":
+            v = 6.5 * np.exp(0.25 * z)
+        elif name == "neutrophils_abs":
+            v = 4.0 * np.exp(0.3 * z)
+        elif name == "platelets":
+            v = np.clip(250 + 55 * z, 20, None)
+        elif name == "crp":
+            v = 2.0 * np.exp(z)
+        else:  # alt
+            v = 22 * np.exp(0.35 * z)
+        add(0, name, unit, idx, v, dec)
 
     # ---- vitals ---------------------------------------------------------------------------
     vit_mask = rng.random(E) < np.asarray(_VITAL_P)[typ]
@@ -251,20 +247,24 @@ def simulate_ehr(rng: np.random.Generator, ctx: Context, *, messy_rate: float = 
     w0 = np.where(ctx.male == 1, 83.0, 68.0) + 14 * rng.standard_normal(P)
     w_drift = 0.3 * rng.standard_normal(P)
     age_e = ctx.age0[pat] + tt
+    weight_e = np.clip(w0[pat] + w_drift[pat] * tt + 1.5 * rng.standard_normal(E), 35, None)
     for name, (unit, dec, pmiss) in _VITALS.items():
         idx = np.flatnonzero(vit_mask & (rng.random(E) >= pmiss))
         n = idx.size
-        p_ = pat[idx]
-        weight = np.clip(w0[p_] + w_drift[p_] * tt[idx] + 1.5 * rng.standard_normal(n), 35, None)
-        v = {
-            "bp_systolic": lambda: 122 + 0.3 * (age_e[idx] - 40) + 14 * rng.standard_normal(n),
-            "bp_diastolic": lambda: 78 + 9 * rng.standard_normal(n),
-            "heart_rate": lambda: 74 + 11 * rng.standard_normal(n),
-            "weight": lambda: weight,
-            "bmi": lambda: weight / height[p_] ** 2,
-            "temperature": lambda: 36.8 + 0.4 * (typ[idx] == _ED) + 0.3 * rng.standard_normal(n),
-        }[name]()
-        add(1, name, unit, idx, num_str(v, dec))
+        z = rng.standard_normal(n)
+        if name == "bp_systolic":
+            v = 122 + 0.3 * (age_e[idx] - 40) + 14 * z
+        elif name == "bp_diastolic":
+            v = 78 + 9 * z
+        elif name == "heart_rate":
+            v = 74 + 11 * z
+        elif name == "weight":
+            v = weight_e[idx]
+        elif name == "bmi":
+            v = weight_e[idx] / height[pat[idx]] ** 2
+        else:
+            v = 36.8 + 0.4 * (typ[idx] == _ED) + 0.3 * z
+        add(1, name, unit, idx, v, dec)
 
     # ---- medications ----------------------------------------------------------------------
     presc = (typ == _CLINIC) | (typ == _PC)
@@ -276,53 +276,83 @@ def simulate_ehr(rng: np.random.Generator, ctx: Context, *, messy_rate: float = 
         t_start = np.where(rng.random(P) < adopt, t_start, np.inf)
         if name == "gabapentin":
             t_start = np.where(rng.random(P) < 0.08, 0.0, t_start)
-        dose = rng.integers(0, len(doses), P)
+        dose = np.asarray(doses, dtype=float)[rng.integers(0, len(doses), P)]
         idx = np.flatnonzero(presc & (tt >= t_start[pat]) & (rng.random(E) < 0.85))
-        add(2, name, "mg", idx, np.asarray(doses, dtype=StringDType())[dose[pat[idx]]])
+        add(2, name, "mg", idx, dose[pat[idx]], 0)
     for name, (prev, doses) in _NOISE_MEDS.items():
         on = rng.random(P) < prev
-        dose = rng.integers(0, len(doses), P)
+        dose = np.asarray(doses, dtype=float)[rng.integers(0, len(doses), P)]
         idx = np.flatnonzero(presc & on[pat] & (rng.random(E) < 0.85))
-        add(2, name, "mg", idx, np.asarray(doses, dtype=StringDType())[dose[pat[idx]]])
+        add(2, name, "mg", idx, dose[pat[idx]], 0)
     idx = np.flatnonzero((since_rel <= 30) & (typ != _LAB) & (rng.random(E) < 0.8))
-    add(2, "prednisone", "mg", idx, np.full(idx.size, "1250", dtype=StringDType()))
+    add(2, "prednisone", "mg", idx, np.full(idx.size, 1250.0), 0)
     for name, (dose, unit) in _DMT_DOSE.items():
         infused = name in ("natalizumab", "ocrelizumab")
         ok = (typ == _INF) if infused else ((typ == _CLINIC) & (rng.random(E) < 0.9))
         idx = np.flatnonzero(ok & (dmt[pat] == name))
-        add(2, name, unit, idx, np.full(idx.size, dose, dtype=StringDType()))
+        add(2, name, unit, idx, np.full(idx.size, float(dose)), 1 if "." in dose else 0)
 
-    enc_idx = np.concatenate([p[0] for p in parts])
-    table = np.concatenate([np.full(p[0].size, p[1]) for p in parts])
-    var = np.concatenate([np.full(p[0].size, p[2]) for p in parts])
-    unit = np.concatenate([np.full(p[0].size, p[4]) for p in parts])
-    value = np.concatenate([p[3] for p in parts])
+    enc_idx = np.concatenate([p_[0] for p_ in parts])
+    sizes = [p_[0].size for p_ in parts]
+    table = np.repeat(np.array([p_[1] for p_ in parts], dtype=np.int8), sizes)
+    var = np.repeat(np.array([p_[2] for p_ in parts], dtype=np.int16), sizes)
+    unit = np.repeat(np.array([p_[3] for p_ in parts], dtype=np.int8), sizes)
+    value = np.concatenate([p_[4] for p_ in parts])
+    dec = np.repeat(np.array([p_[5] for p_ in parts], dtype=np.int8), sizes)
     n_ev = enc_idx.size
-    # event time inside its encounter (whole seconds)
-    span = (end[enc_idx] - start[enc_idx]).astype("timedelta64[s]").astype(np.int64)
-    time = (start[enc_idx].astype("datetime64[s]")
-            + np.floor(rng.random(n_ev) * span).astype("timedelta64[s]"))
+    # event time inside its encounter (whole seconds), then sort by patient, time, variable
+    t0 = np.datetime64("2000-01-01T00:00:00", "s")
+    st_s = (start.astype("datetime64[s]") - t0).astype(np.int64)
+    span = (end - start).astype("timedelta64[s]").astype(np.int64)
+    time_s = st_s[enc_idx] + np.floor(rng.random(n_ev) * span[enc_idx]).astype(np.int64)
+    key = (pat[enc_idx].astype(np.int64) << 37) | (time_s << 6) | var.astype(np.int64)
+    order = np.argsort(key)
+    enc_idx, table, var, unit, value, dec, time_s = (
+        a[order] for a in (enc_idx, table, var, unit, value, dec, time_s))
     # messy values on labs and vitals
     messy = (table < 2) & (rng.random(n_ev) < messy_rate)
-    kind = rng.choice(3, size=n_ev, p=[0.45, 0.45, 0.10])
-    missing = messy & (kind == 2)
-    pend = messy & (kind == 0)
-    value[pend] = "pending"
-    pad = messy & (kind == 1)
-    value[pad] = np.strings.add(np.strings.add("  ", value[pad]), " ")
-    order = np.lexsort((var, time, pat[enc_idx]))
+    kind = rng.integers(0, 100, n_ev)
+    pend = messy & (kind < 45)
+    pad = messy & (kind >= 45) & (kind < 90)
+    missing = messy & (kind >= 90)
+    value_str = _value_strings(value, dec, var, var_names, pend, pad, missing)
     events = pd.DataFrame({
-        "patient_id": take_str(ctx.pid, pat[enc_idx][order]),
-        "encounter_id": enc_id[enc_idx][order],
-        "time": time[order].astype("datetime64[ns]"),
-        "table": take_str(("lab", "vital", "med"), table[order]),
-        "variable": take_str(var_names, var[order]),
-        "value": str_array(value[order], mask=missing[order]),
-        "unit": take_str(units, unit[order]),
+        "patient_id": take_str(ctx.pid, pat[enc_idx]),
+        "encounter_id": enc_id[enc_idx],
+        "time": (t0 + time_s.astype("timedelta64[s]")).astype("datetime64[ns]"),
+        "table": take_str(("lab", "vital", "med"), table),
+        "variable": take_str(var_names, var),
+        "value": value_str,
+        "unit": take_str(units, unit),
     })
     truth["n_messy"] = {"pending": int(pend.sum()), "padded": int(pad.sum()),
                         "empty": int(missing.sum())}
     return encounters, events, truth
+
+
+def _value_strings(value, dec, var, var_names, pend, pad, missing):
+    """Raw result strings: rounded numbers, censored '<5'/'>1000', then the messy ones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    scale = 10.0 ** dec
+    s = pc.cast(pa.array(np.rint(value * scale) / scale), pa.string())
+    for name, (lod, uod) in _LIMITS.items():
+        code = var_names.index(name)
+        for lim, op, hit in ((lod, "<", None), (uod, ">", None)):
+            if lim is None:
+                continue
+            hit = (var == code) & ((value < lim) if op == "<" else (value > lim))
+            if hit.any():
+                s = pc.replace_with_mask(s, pa.array(hit), pa.array([f"{op}{lim:g}"] * int(hit.sum())))
+    if pend.any():
+        s = pc.replace_with_mask(s, pa.array(pend), pa.array(["pending"] * int(pend.sum())))
+    if pad.any():
+        padded = pc.binary_join_element_wise("  ", s.filter(pa.array(pad)), " ", "")
+        s = pc.replace_with_mask(s, pa.array(pad), padded)
+    if missing.any():
+        s = pc.replace_with_mask(s, pa.array(missing), pa.nulls(int(missing.sum()), pa.string()))
+    return pd.arrays.ArrowStringArray(s)
 
 
 def _empty_events() -> pd.DataFrame:
