@@ -4,7 +4,9 @@
     python benchmarks/synthetic_scale.py --quick    # 5,000 patients (a few seconds)
     python benchmarks/synthetic_scale.py --n 20000 --no-notes
 
-Prints one line per run: patients, scans, visits, events, notes, seconds, peak RSS.
+Prints one line per run: patients, scans, visits, events, notes, wall and CPU seconds
+(CPU time is the better measure on a shared machine: the simulator is single-threaded),
+peak RSS.
 """
 from __future__ import annotations
 
@@ -31,13 +33,15 @@ def main(argv=None) -> None:
     n = 5_000 if args.quick else args.n
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
+    c0 = time.process_time()
     c = simulate_cohort(n_patients=n, n_controls_reference=min(2000, n), seed=args.seed,
                         ehr=not args.no_ehr, notes=not args.no_notes)
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     logging.getLogger("bench").info(
-        "patients=%d scans=%d visits=%d events=%d notes=%d seconds=%.1f peak_rss_mb=%.0f",
-        n, len(c.patient_volumes), len(c.visits), len(c.events), len(c.notes), dt, rss)
+        "patients=%d scans=%d visits=%d events=%d notes=%d wall_s=%.1f cpu_s=%.1f peak_rss_mb=%.0f",
+        n, len(c.patient_volumes), len(c.visits), len(c.events), len(c.notes), dt, cpu, rss)
 
 
 if __name__ == "__main__":

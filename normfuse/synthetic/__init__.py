@@ -11,10 +11,18 @@ modalities, and :mod:`normfuse.synthetic.writers` for the file formats.
 from __future__ import annotations
 
 from normfuse.synthetic._regions import (
-    CORTICAL_REGIONS, DK_PARCELS, REGIONS, SUBCORTICAL_REGIONS,
+    CORTICAL_REGIONS,
+    DK_PARCELS,
+    REGIONS,
+    SUBCORTICAL_REGIONS,
 )
 from normfuse.synthetic.cohort import (
-    BETA_NCRIT, EDSS_STEPS, SyntheticCohort, SyntheticTruth, round_edss, simulate_cohort,
+    BETA_NCRIT,
+    EDSS_STEPS,
+    SyntheticCohort,
+    SyntheticTruth,
+    round_edss,
+    simulate_cohort,
 )
 from normfuse.synthetic.writers import write_cohort
 

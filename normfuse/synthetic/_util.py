@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["str_array", "take_str", "num_str", "StringDType"]
+__all__ = ["str_array", "take_str", "StringDType"]
 
 from numpy.dtypes import StringDType
 
@@ -28,16 +28,3 @@ def take_str(categories, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
 
     cats = pa.array(list(categories), type=pa.string())
     return pd.arrays.ArrowStringArray(cats.take(pa.array(np.asarray(codes, dtype=np.int64))))
-
-
-def num_str(x: np.ndarray, decimals: np.ndarray | int) -> np.ndarray:
-    """Numbers rounded to ``decimals`` and written as a lab system would ('150', '7.2')."""
-    x = np.asarray(x, dtype=float)
-    dec = np.broadcast_to(np.asarray(decimals), x.shape)
-    out = np.empty(x.shape, dtype=StringDType())
-    ints = dec == 0
-    out[ints] = np.rint(x[ints]).astype(np.int64).astype(StringDType())
-    for d in np.unique(dec[~ints]):
-        m = dec == d
-        out[m] = (np.rint(x[m] * 10.0**d) / 10.0**d).astype(StringDType())
-    return out

@@ -106,7 +106,7 @@ def _region_model_cached(path: str | None) -> RegionModel:
         rows.append((h["intercept"] + c["log_share"], h["age_coef"], c["age_mult"], h["male"],
                      h["log_icv"], np.log(c["log_sd"]), h["log_sd_age"], h["shash_eps"],
                      h["site_sd"], h["site_scale_sd"], c["loading"], 0))
-    cols = list(zip(*rows))
+    cols = list(zip(*rows, strict=True))
     eps = np.asarray(cols[7], dtype=float)
     m, s, _ = shash_moments(eps)
     return RegionModel(

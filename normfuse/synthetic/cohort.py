@@ -48,6 +48,7 @@ EHR events and notes: see :mod:`normfuse.synthetic.ehr` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -375,8 +376,10 @@ def simulate_cohort(
     >>> c = simulate_cohort(n_patients=50, n_controls_reference=100, seed=1)
     >>> c.patient_volumes["subject_id"].nunique()
     50
-    >>> sorted(c.visits["edss"].unique())[:3]
+    >>> sorted(c.visits["edss"].unique().tolist())[:3]
     [0.0, 1.0, 1.5]
+    >>> round(float(c.truth.regions.loc["Left-Thalamus", "prevalence"]), 2)
+    0.25
     """
     if n_patients < 1 or n_controls_reference < 1:
         raise ValueError(
@@ -575,7 +578,7 @@ def simulate_cohort(
     base_rows = scan_num == 0
     exp_ctrl = R * _norm_cdf(-CRIT)
     exp_pat = float(sum(_norm_cdf((-CRIT - dd * o) / np.sqrt(1 + c * c)) for dd, o, c in zip(
-        eff["direction"], eff["offset_sd"], eff["severity_loading"])))
+        eff["direction"], eff["offset_sd"], eff["severity_loading"], strict=True)))
     irr = {
         "definition": "mean lower-tail critical deviations per subject (z < -1.96), "
                       "patients at baseline / controls",
@@ -591,7 +594,7 @@ def simulate_cohort(
                         "relapsing_rate_median": 0.04, "relapsing_rate_log_sd": 0.6,
                         "progressive_rate_mean": 0.25, "progressive_rate_sd": 0.08},
         "relapses": {"rate_per_year": 0.35, "age_factor": "exp(-0.03 (age - mean))",
-                     "progressive_factor": 0.5, "dmt_rate_ratio": dict(zip(DMT_NAMES, DMT_RELAPSE_RR)),
+                     "progressive_factor": 0.5, "dmt_rate_ratio": dict(zip(DMT_NAMES, DMT_RELAPSE_RR, strict=True)),
                      "amplitude": "Gamma(shape 2, scale 0.5)", "decay_years": 0.25},
         "noise_sd": 0.3, "scale": EDSS_STEPS.tolist(), "bounds": [0.0, 9.5],
         "pasat": "50 - 0.8 n_crit - 1.5 latent + N(0, 5^2), 40 % missing",

@@ -44,7 +44,11 @@ import numpy as np
 
 from normfuse.synthetic._curves import rcs_basis, shash_eps_for_skew
 from normfuse.synthetic._regions import (
-    ASEG_ROWS, DK_LOBE, DK_PARCELS, FS6_TO_FS7, SUBCORTICAL_REGIONS,
+    ASEG_ROWS,
+    DK_LOBE,
+    DK_PARCELS,
+    FS6_TO_FS7,
+    SUBCORTICAL_REGIONS,
 )
 
 __all__ = ["derive", "main", "DEFAULT_OUT"]
@@ -143,7 +147,7 @@ def derive(shared: Path) -> dict:
     corr = np.corrcoef(np.array(U))
     vals, vecs = np.linalg.eigh(corr)
     load = np.abs(vecs[:, -1]) * np.sqrt(vals[-1])
-    for r, lam in zip(fitted, load):
+    for r, lam in zip(fitted, load, strict=True):
         regions[r]["loading"] = float(np.clip(lam, 0.0, 0.8))
 
     # ICV: log eTIV by sex with site intercepts
@@ -166,7 +170,7 @@ def derive(shared: Path) -> dict:
         gv = np.array([float(rows[p][3]) for p in DK_PARCELS])
         total = gv.sum()
         cort_mean = float(np.exp(regions[f"{hemi}CortexVol"]["intercept"]))
-        for p, v in zip(DK_PARCELS, gv):
+        for p, v in zip(DK_PARCELS, gv, strict=True):
             f = rows[p]
             num_vert, area, vol, thick = float(f[1]), float(f[2]), float(f[3]), float(f[4])
             mean_vol = cort_mean * v / total

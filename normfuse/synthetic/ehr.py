@@ -335,8 +335,13 @@ def _value_strings(value, dec, var, var_names, pend, pad, missing):
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    # few distinct (rounded value, decimals) pairs: format those, then index into them
     scale = 10.0 ** dec
-    s = pc.cast(pa.array(np.rint(value * scale) / scale), pa.string())
+    key = np.rint(value * scale).astype(np.int64) * 4 + dec
+    inv, uniq = pd.factorize(key)  # hash-based, no sort
+    u_dec = uniq % 4
+    u_val = (uniq // 4) / 10.0 ** u_dec
+    s = pc.cast(pa.array(u_val), pa.string()).take(pa.array(inv))
     for name, (lod, uod) in _LIMITS.items():
         code = var_names.index(name)
         for lim, op, hit in ((lod, "<", None), (uod, ">", None)):

@@ -25,7 +25,7 @@ import string
 import numpy as np
 import pandas as pd
 
-from normfuse.synthetic._util import StringDType, str_array
+from normfuse.synthetic._util import StringDType, str_array, take_str
 
 __all__ = ["simulate_notes", "empty_notes", "PHI_KINDS"]
 
@@ -117,43 +117,70 @@ def _typo(sentence: str) -> str:
 
 
 def _render(templates, choice, fields, phi_out, note_rows, typo=None):
-    """Fill ``templates[choice[i]]`` with ``fields`` for every row, vectorised per template."""
+    """Fill ``templates[choice[i]]`` with ``fields`` for every row (pyarrow, one pass per template).
+
+    Rows are grouped by template (a stable sort), each group is rendered with one
+    vectorised string join, and the groups are put back in row order.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     fmt = string.Formatter()
     n = choice.size
-    out = np.full(n, "", dtype=StringDType())
     if typo is not None:
         templates = tuple(templates) + tuple(_typo(s) for s in templates)
         choice = choice + len(templates) // 2 * typo
+    order = np.argsort(choice, kind="stable")
+    counts = np.bincount(choice, minlength=len(templates))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    blocks = []
     for k, tpl in enumerate(templates):
-        rows = np.flatnonzero(choice == k)
-        if rows.size == 0:
+        if counts[k] == 0:
             continue
-        acc = np.full(rows.size, "", dtype=StringDType())
+        rows = order[bounds[k]:bounds[k + 1]]
+        rows_pa = pa.array(rows)
+        pieces = []
         for literal, fname, _, _ in fmt.parse(tpl):
             if literal:
-                acc = np.strings.add(acc, literal)
+                pieces.append(pa.scalar(literal))
             if fname:
-                val = fields[fname][rows]
-                acc = np.strings.add(acc, val)
+                val = fields[fname].take(rows_pa)
+                pieces.append(val)
                 kind = _PHI_FIELD_KIND.get(fname)
                 if kind is not None:
                     phi_out.append((note_rows[rows], kind, val))
-        out[rows] = acc
-    return out
+        if any(isinstance(x, pa.Array) for x in pieces):
+            blocks.append(pc.binary_join_element_wise(*pieces, ""))
+        else:
+            blocks.append(pa.array([tpl] * int(counts[k]), type=pa.string()))
+    inv = np.empty(n, dtype=np.int64)
+    inv[order] = np.arange(n)
+    if not blocks:
+        return pa.array([""] * n, type=pa.string())
+    return pa.concat_arrays(blocks).take(pa.array(inv))
 
 
-def _fmt_dates(days: np.ndarray, style: np.ndarray) -> np.ndarray:
-    """Dates (datetime64[D]) as '03/14/1981', '1981-03-14' or 'March 14, 1981' by ``style``."""
-    iso = np.datetime_as_string(days, unit="D").astype(StringDType())
+def _fmt_dates(days: np.ndarray, style: np.ndarray):
+    """Dates (datetime64[D]) as '03/14/1981', '1981-03-14' or 'March 14, 1981' by ``style``.
+
+    Only the distinct (day, style) pairs are formatted; rows take their string from them.
+    """
+    import pyarrow as pa
+
+    key = days.astype(np.int64) * 3 + style
+    inv, uniq = pd.factorize(key)
+    d = (uniq // 3).astype("datetime64[D]")
+    st = uniq % 3
+    iso = np.datetime_as_string(d, unit="D")
     y = np.strings.slice(iso, 0, 4)
     m = np.strings.slice(iso, 5, 7)
-    d = np.strings.slice(iso, 8, 10)
-    us = np.strings.add(np.strings.add(np.strings.add(m, "/"), np.strings.add(d, "/")), y)
-    mi = np.asarray(m, dtype=np.int64) - 1 if m.size else np.zeros(0, int)
-    month = np.asarray(_MONTHS, dtype=StringDType())[mi]
-    long = np.strings.add(np.strings.add(month, " "),
-                          np.strings.add(np.strings.add(np.strings.lstrip(d, "0"), ", "), y))
-    return np.where(style == 0, us, np.where(style == 1, iso, long)).astype(StringDType())
+    dd = np.strings.slice(iso, 8, 10)
+    us = np.strings.add(np.strings.add(np.strings.add(m, "/"), np.strings.add(dd, "/")), y)
+    month = np.asarray(_MONTHS)[m.astype(np.int64) - 1] if m.size else m
+    long = np.strings.add(np.strings.add(np.strings.add(month, " "), np.strings.lstrip(dd, "0")),
+                          np.strings.add(", ", y))
+    out = np.where(st == 0, us, np.where(st == 1, iso, long)).astype(str)
+    return pa.array(out).take(pa.array(inv))
 
 
 def _digits(rng, n, width):
@@ -163,43 +190,15 @@ def _digits(rng, n, width):
 def simulate_notes(rng: np.random.Generator, ctx, encounters: pd.DataFrame, *,
                    typo_rate: float = 0.05):
     """One note per clinic visit; returns ``(notes, phi, truth)``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from normfuse.synthetic.cohort import DMT_NAMES
 
     if not 0 <= typo_rate <= 1:
         raise ValueError(f"simulate_cohort: typo_rate={typo_rate} must be in [0, 1].")
     S = StringDType()
     P = ctx.pid.size
-    # per-patient identity
-    first = np.asarray(_FIRST, dtype=S)[rng.integers(0, len(_FIRST), P)]
-    last = np.asarray(_LAST, dtype=S)[rng.integers(0, len(_LAST), P)]
-    name = np.strings.add(np.strings.add(first, " "), last)
-    mrn = _digits(rng, P, 8)
-    area = rng.integers(201, 990, P).astype(S)
-    exch = rng.integers(200, 999, P).astype(S)
-    line = _digits(rng, P, 4)
-    email = np.strings.lower(np.strings.add(np.strings.add(np.strings.add(first, "."), last),
-                                            np.strings.add(
-                                                rng.integers(1, 99, P).astype(S), "@")))
-    email = np.strings.add(email, np.asarray(_DOMAINS, dtype=S)[rng.integers(0, len(_DOMAINS), P)])
-    city = rng.integers(0, len(_CITIES), P)
-    address = np.strings.add(
-        np.strings.add(rng.integers(1, 9999, P).astype(S), " "),
-        np.strings.add(np.strings.add(np.asarray(_STREETS, dtype=S)[rng.integers(0, len(_STREETS), P)], " "),
-                       np.asarray(_SUFFIX, dtype=S)[rng.integers(0, len(_SUFFIX), P)]))
-    address = np.strings.add(np.strings.add(address, ", "), np.asarray(
-        [f"{c}, {s} " for c, s in _CITIES], dtype=S)[city])
-    address = np.strings.add(address, _digits(rng, P, 5))
-    dob_days = ctx.birth.astype("datetime64[D]")
-    clin_last = np.asarray(_LAST, dtype=S)[rng.integers(0, len(_LAST), 6)]
-
-    # one note per visit (the visit's clinic encounter)
-    clinic = encounters.loc[encounters["visit_row"].to_numpy() >= 0]
-    vrow = clinic["visit_row"].to_numpy()
-    pat = ctx.vpat[vrow]
-    n = vrow.size
-    note_rows = np.arange(n)
-    pstyle = rng.integers(0, 4, n)
-    a, e_, l_ = area[pat], exch[pat], line[pat]
     add = np.strings.add
 
     def cat(*xs):
@@ -208,18 +207,49 @@ def simulate_notes(rng: np.random.Generator, ctx, encounters: pd.DataFrame, *,
             acc = add(acc, x)
         return acc
 
-    phone = np.select(
-        [pstyle == 0, pstyle == 1, pstyle == 2],
-        [cat("(", a, ") ", e_, "-", l_), cat(a, "-", e_, "-", l_), cat(a, ".", e_, ".", l_)],
-        cat("+1 ", a, " ", e_, " ", l_)).astype(S)
+    # per-patient identity (P strings each)
+    first = np.asarray(_FIRST, dtype=S)[rng.integers(0, len(_FIRST), P)]
+    last = np.asarray(_LAST, dtype=S)[rng.integers(0, len(_LAST), P)]
+    name = cat(first, " ", last)
+    mrn = _digits(rng, P, 8)
+    area = rng.integers(201, 990, P).astype(S)
+    exch = rng.integers(200, 999, P).astype(S)
+    line = _digits(rng, P, 4)
+    email = np.strings.lower(cat(first, ".", last, rng.integers(1, 99, P).astype(S), "@",
+                                 np.asarray(_DOMAINS, dtype=S)[rng.integers(0, len(_DOMAINS), P)]))
+    city = np.asarray([f"{c}, {st} " for c, st in _CITIES], dtype=S)[
+        rng.integers(0, len(_CITIES), P)]
+    address = cat(rng.integers(1, 9999, P).astype(S), " ",
+                  np.asarray(_STREETS, dtype=S)[rng.integers(0, len(_STREETS), P)], " ",
+                  np.asarray(_SUFFIX, dtype=S)[rng.integers(0, len(_SUFFIX), P)], ", ", city,
+                  _digits(rng, P, 5))
+    phones = [cat("(", area, ") ", exch, "-", line), cat(area, "-", exch, "-", line),
+              cat(area, ".", exch, ".", line), cat("+1 ", area, " ", exch, " ", line)]
+    clin_last = np.asarray(_LAST, dtype=S)[rng.integers(0, len(_LAST), 6)]
+
+    # one note per visit (the visit's clinic encounter)
+    clinic = encounters.loc[encounters["visit_row"].to_numpy() >= 0]
+    vrow = clinic["visit_row"].to_numpy()
+    pat = ctx.vpat[vrow]
+    n = vrow.size
+    note_rows = np.arange(n)
+    pat_pa = pa.array(pat)
+
+    def per_note(arr):
+        return pa.array(arr).take(pat_pa)
+
+    pstyle = rng.integers(0, 4, n)
+    phone = per_note(phones[3])
+    for k in (2, 1, 0):
+        phone = pc.if_else(pa.array(pstyle == k), per_note(phones[k]), phone)
+    dmt_names = [d if d != "none" else "no disease-modifying therapy" for d in DMT_NAMES]
     fields = {
-        "name": name[pat], "mrn": mrn[pat], "phone": phone.astype(S), "email": email[pat],
-        "address": address[pat],
-        "dob": _fmt_dates(dob_days[pat], rng.integers(0, 3, n)),
+        "name": per_note(name), "mrn": per_note(mrn), "phone": phone,
+        "email": per_note(email), "address": per_note(address),
+        "dob": _fmt_dates(ctx.birth.astype("datetime64[D]")[pat], rng.integers(0, 3, n)),
         "date": _fmt_dates(ctx.vdate[vrow].astype("datetime64[D]"), rng.integers(0, 3, n)),
-        "clinician": clin_last[rng.integers(0, clin_last.size, n)],
-        "dmt": np.asarray([d if d != "none" else "no disease-modifying therapy" for d in DMT_NAMES], dtype=S)[
-            ctx.dmt_idx[pat]],
+        "clinician": pa.array(clin_last).take(pa.array(rng.integers(0, clin_last.size, n))),
+        "dmt": pa.array(dmt_names).take(pa.array(ctx.dmt_idx[pat])),
     }
     phi: list = []
     edss = ctx.edss[vrow]
@@ -227,7 +257,7 @@ def simulate_notes(rng: np.random.Generator, ctx, encounters: pd.DataFrame, *,
     band = np.select([edss <= 1.5, edss <= 3.5, edss <= 5.5, edss <= 6.5], [0, 1, 2, 3], 4)
 
     def typo():
-        return (rng.random(n) < typo_rate).astype(int)
+        return (rng.random(n) < typo_rate).astype(np.int64)
 
     def pick(k):
         return rng.integers(0, k, n)
@@ -236,9 +266,10 @@ def simulate_notes(rng: np.random.Generator, ctx, encounters: pd.DataFrame, *,
         _render(_HEADER, pick(len(_HEADER)), fields, phi, note_rows),
         _render(_HISTORY, pick(len(_HISTORY)), fields, phi, note_rows, typo()),
     ]
-    gait_t = tuple(s for b in _GAIT for s in b)
+    gait_t = tuple(s_ for b in _GAIT for s_ in b)
     parts.append(_render(gait_t, band * 3 + pick(3), fields, phi, note_rows, typo()))
     cue_truth = {}
+    empty = pa.scalar("")
     for cname, tpls, (a0, a1) in (("bladder", _BLADDER, (-3.0, 0.7)),
                                   ("fatigue", _FATIGUE, (-1.0, 0.4)),
                                   ("falls", _FALLS, (-3.5, 0.6))):
@@ -246,7 +277,7 @@ def simulate_notes(rng: np.random.Generator, ctx, encounters: pd.DataFrame, *,
         negate = ~present & (rng.random(n) < 0.7)
         choice = np.where(present, pick(2), 2 + pick(2))
         txt = _render(tpls[0] + tpls[1], choice, fields, phi, note_rows, typo())
-        parts.append(np.where(present | negate, txt, "").astype(S))
+        parts.append(pc.if_else(pa.array(present | negate), txt, empty))
         cue_truth[cname] = {"model": f"logistic({a0} + {a1} * latent EDSS)",
                             "present_fraction": float(present.mean())}
     rel = ctx.relapse_flag[vrow]
@@ -254,41 +285,43 @@ def simulate_notes(rng: np.random.Generator, ctx, encounters: pd.DataFrame, *,
                          fields, phi, note_rows, typo()))
     parts.append(_render(_PLAN, pick(len(_PLAN)), fields, phi, note_rows, typo()))
     parts.append(_render(_CONTACT, pick(len(_CONTACT)), fields, phi, note_rows))
-    sep = np.where(rng.random((len(parts), n)) < 0.2, "\n", " ")
-    text = parts[0]
-    for j, p in enumerate(parts[1:], start=1):
-        nonempty = np.strings.str_len(p) > 0
-        text = np.where(nonempty, np.strings.add(np.strings.add(text, sep[j]), p), text).astype(S)
-    text = np.strings.strip(text)
+    # join the non-empty sections, each followed by a space or (20 %) a line break
+    joined = []
+    for p_ in parts:
+        sep = pa.array(np.where(rng.random(n) < 0.2, "\n", " "))
+        joined.append(pc.if_else(pc.greater(pc.utf8_length(p_), 0),
+                                 pc.binary_join_element_wise(p_, sep, ""), empty))
+    text = pc.utf8_trim_whitespace(pc.binary_join_element_wise(*joined, ""))
 
     notes = pd.DataFrame({
-        "patient_id": str_array(ctx.pid[pat]),
+        "patient_id": take_str(ctx.pid, pat),
         "time": clinic["end"].to_numpy(),
-        "text": str_array(text),
+        "text": pd.arrays.ArrowStringArray(text),
         "encounter_id": clinic["encounter_id"].to_numpy(),
     })
     if phi:
         phi_df = pd.DataFrame({
-            "note_row": np.concatenate([p[0] for p in phi]),
-            "kind": str_array(np.concatenate([np.full(p[0].size, p[1], dtype=S) for p in phi])),
-            "token": str_array(np.concatenate([p[2] for p in phi])),
-        }).sort_values(["note_row", "kind"], kind="stable").reset_index(drop=True)
+            "note_row": np.concatenate([p_[0] for p_ in phi]),
+            "kind": take_str(PHI_KINDS, np.repeat([PHI_KINDS.index(p_[1]) for p_ in phi],
+                                                  [p_[0].size for p_ in phi])),
+            "token": pd.arrays.ArrowStringArray(pa.concat_arrays([p_[2] for p_ in phi])),
+        })
     else:
-        phi_df = pd.DataFrame({"note_row": np.array([], int), "kind": str_array(np.array([], str)),
-                               "token": str_array(np.array([], str))})
+        phi_df = empty_notes()[1]
     truth = {
         "severity_bands": {"0-1.5": "independent gait", "2-3.5": "mild imbalance",
                            "4-5.5": "limited walking distance", "6-6.5": "cane or walker",
                            ">=7": "wheelchair"},
-        "gait_templates": {f"band{b}": list(s) for b, s in enumerate(_GAIT)},
+        "gait_templates": {f"band{b}": list(s_) for b, s_ in enumerate(_GAIT)},
         "symptom_cues": cue_truth,
-        "negations": [s for t in (_BLADDER, _FATIGUE, _FALLS) for s in t[1]],
+        "negations": [s_ for t in (_BLADDER, _FATIGUE, _FALLS) for s_ in t[1]],
         "negated_cue_fraction_when_absent": 0.7,
         "abbreviations": {"pt": "patient", "hx": "history", "b/l": "bilateral",
                           "w/c": "wheelchair", "f/u": "follow-up", "sx": "symptoms",
                           "RTC": "return to clinic", "dx": "diagnosis"},
         "typo_rate": typo_rate,
         "phi_kinds": list(PHI_KINDS),
+        "phi_order": "phi rows are grouped by note section, not sorted by note",
     }
     return notes, phi_df, truth
 

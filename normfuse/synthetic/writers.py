@@ -31,7 +31,7 @@ import pandas as pd
 
 from normfuse.checks import get_logger
 from normfuse.persist import atomic_path
-from normfuse.synthetic._regions import ASEG_ROWS, DK_PARCELS, SUBCORTICAL_REGIONS
+from normfuse.synthetic._regions import ASEG_ROWS, DK_PARCELS
 from normfuse.synthetic._volumes import load_params
 
 __all__ = ["write_cohort", "aseg_table", "omop_tables", "MANIFEST"]
@@ -253,9 +253,9 @@ def _write_subject_stats(root: Path, vols: pd.DataFrame, full: pd.DataFrame, see
     nvox = np.rint(V * nvox_ratio * np.exp(0.01 * rng.standard_normal(V.shape))).astype(np.int64)
     inten = np.array([p["aseg_filler"][nm]["intensity"] for nm in names])   # (45, 5)
     jitter = 1 + 0.02 * rng.standard_normal((n, len(names), 1))
-    I = inten[None] * jitter
-    I[:, :, 4] = I[:, :, 3] - I[:, :, 2]
-    I[V == 0] = 0.0
+    inten_n = inten[None] * jitter
+    inten_n[:, :, 4] = inten_n[:, :, 3] - inten_n[:, :, 2]
+    inten_n[V == 0] = 0.0
     nvox[V == 0] = 0
     row_fmt = "%3d %3d %9d %10.1f  %-30s %10.4f %10.4f %10.4f %10.4f %10.4f "
     table_fmt = "\n".join(row_fmt for _ in names) + "\n"
@@ -278,10 +278,10 @@ def _write_subject_stats(root: Path, vols: pd.DataFrame, full: pd.DataFrame, see
         head = _aseg_header(subj, sdir)
         mlines = "".join(
             f"# Measure {a}, {b}, {c}, {_fmt_measure(meas[i, j], u)}, {u}\n"
-            for j, ((a, b, c, _), u) in enumerate(zip(_ASEG_MEASURES, units)))
+            for j, ((a, b, c, _), u) in enumerate(zip(_ASEG_MEASURES, units, strict=True)))
         vals = []
         for j in range(len(names)):
-            vals += [j + 1, seg_ids[j], nvox[i, j], V[i, j], names[j], *I[i, j]]
+            vals += [j + 1, seg_ids[j], nvox[i, j], V[i, j], names[j], *inten_n[i, j]]
         (stats / "aseg.stats").write_text(head + mlines + tail + table_fmt % tuple(vals))
         for h in ("lh", "rh"):
             (stats / f"{h}.aparc.stats").write_text(
@@ -296,10 +296,10 @@ def _aparc_text(subj, sdir, hemi, gray, full_row, p, rng) -> str:
     area = np.rint(gray * np.array([x["area_thick_per_vol"] for x in c]) / thick)
     nvert = np.rint(area * np.array([x["vert_per_area"] for x in c])).astype(int)
     rows = "".join(
-        "%-40s%5d %6d %6d %6.3f %5.3f %9.3f %9.3f %8d %7.1f\n" % (
+        "%-40s%5d %6d %6d %6.3f %5.3f %9.3f %9.3f %8d %7.1f\n" % (  # noqa: UP031 (FreeSurfer printf)
             q, nvert[k], area[k], gray[k], thick[k], x["thick_std"], x["mean_curv"],
             x["gaus_curv"], x["fold_ind"], x["curv_ind"])
-        for k, (q, x) in enumerate(zip(DK_PARCELS, c)))
+        for k, (q, x) in enumerate(zip(DK_PARCELS, c, strict=True)))
     tot_area = area.sum()
     mean_thick = float((thick * area).sum() / tot_area)
     head = [
@@ -577,6 +577,3 @@ def write_cohort(cohort, out_dir: str | Path, *, stats_files: bool = True,
     out["root"] = out_dir
     return out
 
-
-# contract regions that the table writers copy (documentation aid)
-CONTRACT_SUBCORTICAL = SUBCORTICAL_REGIONS

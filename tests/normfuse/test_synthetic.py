@@ -14,8 +14,14 @@ import pandas as pd
 import pytest
 
 from normfuse.synthetic import (
-    BETA_NCRIT, CORTICAL_REGIONS, EDSS_STEPS, REGIONS, SUBCORTICAL_REGIONS, round_edss,
-    simulate_cohort, write_cohort,
+    BETA_NCRIT,
+    CORTICAL_REGIONS,
+    EDSS_STEPS,
+    REGIONS,
+    SUBCORTICAL_REGIONS,
+    round_edss,
+    simulate_cohort,
+    write_cohort,
 )
 from normfuse.synthetic._volumes import region_model
 from normfuse.synthetic.writers import GLOBAL_TABLE_MEASURES
@@ -294,7 +300,7 @@ def test_notes_carry_every_planted_phi_token(cohort):
     """Every PHI token listed in truth.phi occurs in its note, and all kinds are planted."""
     notes = cohort.notes["text"].to_numpy(str)
     phi = cohort.truth.phi
-    found = np.array([tok in notes[row] for row, tok in zip(phi["note_row"], phi["token"])])
+    found = np.array([tok in notes[row] for row, tok in zip(phi["note_row"], phi["token"], strict=True)])
     assert found.all()
     assert set(phi["kind"]) == {"name", "dob", "mrn", "phone", "email", "address", "date"}
     text = " ".join(notes[:400])
@@ -348,25 +354,25 @@ def test_aseg_stats_layout_matches_freesurfer(written, fs_data):
     bert = (fs_data / "bert_fs7.2" / "stats" / "aseg.stats").read_text().splitlines()
 
     def pick(lines):
-        return [l for l in lines if l.startswith(("# ColHeaders", "# TableCol", "# NRows",
+        return [ln for ln in lines if ln.startswith(("# ColHeaders", "# TableCol", "# NRows",
                                                    "# NTableCols"))]
 
     assert pick(ours) == pick(bert)
-    assert [l.split(",")[1] for l in ours if l.startswith("# Measure")] == \
-        [l.split(",")[1] for l in bert if l.startswith("# Measure")]
+    assert [ln.split(",")[1] for ln in ours if ln.startswith("# Measure")] == \
+        [ln.split(",")[1] for ln in bert if ln.startswith("# Measure")]
     # same fixed-width columns: field end positions of the data rows agree with bert's
-    o = [l for l in ours if not l.startswith("#")]
-    b = [l for l in bert if not l.startswith("#")]
+    o = [ln for ln in ours if not ln.startswith("#")]
+    b = [ln for ln in bert if not ln.startswith("#")]
     assert [x.split()[1:2] + x.split()[4:5] for x in o] == [x.split()[1:2] + x.split()[4:5] for x in b]
     assert len(o[0]) == len(b[0]) and o[4].index("Left-Thalamus") == b[4].index("Left-Thalamus")
     ap = (path.with_name("lh.aparc.stats")).read_text().splitlines()
     bap = (fs_data / "bert_fs7.2" / "stats" / "lh.aparc.stats").read_text().splitlines()
-    assert [l for l in ap if l.startswith(("# TableCol", "# ColHeaders"))] == \
-        [l for l in bap if l.startswith(("# TableCol", "# ColHeaders"))]
-    rows_ap = [l for l in ap if not l.startswith("#")]
+    assert [ln for ln in ap if ln.startswith(("# TableCol", "# ColHeaders"))] == \
+        [ln for ln in bap if ln.startswith(("# TableCol", "# ColHeaders"))]
+    rows_ap = [ln for ln in ap if not ln.startswith("#")]
     rows_b = [m for m in bap if not m.startswith("#")]
-    assert [l.split()[0] for l in rows_ap] == [m.split()[0] for m in rows_b]
-    assert [len(l) for l in rows_ap] == [len(m) for m in rows_b]
+    assert [ln.split()[0] for ln in rows_ap] == [m.split()[0] for m in rows_b]
+    assert [len(ln) for ln in rows_ap] == [len(m) for m in rows_b]
 
 
 def test_asegstats2table_matches_real_table_columns(written, fs_data):
