@@ -226,7 +226,8 @@ class SyntheticCohort(ResultMixin):
     visits : ``patient_id``, ``visit_date``, ``edss``, ``relapse``, ``pasat``, ``fss``.
     events : ``patient_id``, ``encounter_id``, ``time``, ``table``, ``variable``,
         ``value`` (string: raw, messy), ``unit``.
-    encounters : ``patient_id``, ``encounter_id``, ``encounter_type``, ``start``, ``end``.
+    encounters : ``patient_id``, ``encounter_id``, ``encounter_type``, ``start``, ``end``,
+        ``visit_row`` (row of ``visits`` for the clinic encounter of a study visit, else -1).
     notes : ``patient_id``, ``time``, ``text``, ``encounter_id``.
     demographics : one row per patient.
     truth : :class:`SyntheticTruth`.
@@ -413,6 +414,8 @@ def simulate_cohort(
     male = (r_pat.permutation(P) >= n_female).astype(float)
     u_age = (r_pat.permutation(P) + r_pat.random(P)) / P
     age0 = _truncnorm_u(u_age, age_mean, age_sd, 18.0, 75.0)
+    if P > 1:  # truncation at 18 raises the mean: rescale to the target moments, re-bound
+        age0 = np.clip(age_mean + age_sd * (age0 - age0.mean()) / age0.std(ddof=1), 18.0, 75.0)
     psite = r_pat.integers(0, n_patient_sites, P)
     icv = _draw_icv(r_pat, model, male, psite, icv_off)
     severity = r_pat.standard_normal(P)

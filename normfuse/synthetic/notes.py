@@ -55,7 +55,7 @@ _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augu
 _HEADER = (
     "{name} (MRN: {mrn}) seen in neurology clinic on {date}.",
     "Pt {name}, DOB {dob}, MRN#{mrn}, returns for MS f/u on {date}.",
-    "NEUROLOGY FOLLOW-UP {date}\nPatient: {name}   MRN: {mrn}   DOB: {dob}\n",
+    "NEUROLOGY FOLLOW-UP {date}\nPatient: {name}   MRN: {mrn}   DOB: {dob}",
     "Follow-up visit {date} for {name} (mrn {mrn}), a pt with MS.",
     "{date} - MS clinic. {name}, DOB: {dob}.",
 )
