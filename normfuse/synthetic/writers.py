@@ -34,7 +34,7 @@ from normfuse.persist import atomic_path
 from normfuse.synthetic._regions import ASEG_ROWS, DK_PARCELS
 from normfuse.synthetic._volumes import load_params
 
-__all__ = ["write_cohort", "aseg_table", "omop_tables", "MANIFEST"]
+__all__ = ["write_cohort", "aseg_table", "omop_tables", "MANIFEST", "VITAL_CONCEPT_IDS"]
 
 log = get_logger("normfuse.synthetic")
 MANIFEST = "normfuse_synthetic.json"
@@ -358,6 +358,9 @@ def _write_tables(folder: Path, stem: str, vols: pd.DataFrame, full: pd.DataFram
 
 
 _OPERATOR = {"<": 4171756, ">": 4172704}  # OMOP concepts for '<' and '>'
+#: OMOP standard (LOINC) concepts of the vital signs; labs keep concept 0 (source value only)
+VITAL_CONCEPT_IDS = {"bp_systolic": 3004249, "bp_diastolic": 3012888, "heart_rate": 3027018,
+                     "weight": 3025315, "bmi": 3038553, "temperature": 3020891}
 
 
 def omop_tables(cohort) -> dict[str, pd.DataFrame]:
@@ -368,7 +371,11 @@ def omop_tables(cohort) -> dict[str, pd.DataFrame]:
     "Lab", vitals with 44818701 "From physical examination"; ``value_source_value`` is the
     raw string, ``value_as_number`` its numeric value when it parses, with
     ``operator_concept_id`` set for "<5"/">1000"), ``drug_exposure``, ``note`` and
-    ``observation`` (``observation_source_value`` in EDSS, relapse, PASAT, FSS).
+    ``observation`` (``observation_source_value`` in "EDSS", "MS relapse" (one row,
+    value 1, per visit with a relapse since the previous visit), "PASAT",
+    "FSS"). Vitals carry their OMOP standard LOINC ``measurement_concept_id``
+    (:data:`VITAL_CONCEPT_IDS`); labs carry concept 0 and are named by
+    ``measurement_source_value``.
     """
     d = cohort.demographics
     person_id = pd.Series(np.arange(1, len(d) + 1), index=d["patient_id"].to_numpy(str))
@@ -409,7 +416,8 @@ def omop_tables(cohort) -> dict[str, pd.DataFrame]:
     measurement = pd.DataFrame({
         "measurement_id": np.arange(1, m.size + 1),
         "person_id": pid_v[m],
-        "measurement_concept_id": 0,
+        "measurement_concept_id": ev["variable"].iloc[m].map(VITAL_CONCEPT_IDS).fillna(0)
+        .to_numpy(dtype=np.int64),
         "measurement_date": ev["time"].dt.normalize().to_numpy()[m],
         "measurement_datetime": ev["time"].to_numpy()[m],
         "measurement_type_concept_id": np.where(table[m] == "lab", 32856, 44818701),
@@ -460,10 +468,12 @@ def omop_tables(cohort) -> dict[str, pd.DataFrame]:
     vp = person_id.loc[vis["patient_id"].to_numpy(str)].to_numpy()
     obs = []
     for src, vals in (("EDSS", vis["edss"].to_numpy(float)),
-                      ("relapse", vis["relapse"].to_numpy(float)),
+                      ("MS relapse", vis["relapse"].to_numpy(float)),
                       ("PASAT", vis["pasat"].to_numpy(float)),
                       ("FSS", vis["fss"].to_numpy(float))):
         keep = ~np.isnan(vals)
+        if src == "MS relapse":  # OMOP records what happened: one row per relapse
+            keep &= vals == 1
         obs.append(pd.DataFrame({
             "person_id": vp[keep], "observation_concept_id": 0,
             "observation_date": vis["visit_date"].to_numpy()[keep],

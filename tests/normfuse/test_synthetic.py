@@ -425,6 +425,12 @@ def test_duckdb_has_omop_tables(written):
         lt = con.execute("select value_as_number, operator_concept_id from measurement "
                          "where value_source_value = '<5' limit 1").fetchone()
         assert lt == (5.0, 4171756.0)
+        n_rel = con.execute("select count(*) from observation where observation_source_value = "
+                            "'MS relapse' and value_as_number = 1").fetchone()[0]
+        assert n_rel == int(c.visits["relapse"].sum())
+        vit = con.execute("select distinct measurement_concept_id from measurement "
+                          "where measurement_type_concept_id = 44818701").fetchall()
+        assert {v[0] for v in vit} <= {3004249, 3012888, 3027018, 3025315, 3038553, 3020891}
     finally:
         con.close()
 
