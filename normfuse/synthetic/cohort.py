@@ -55,6 +55,7 @@ import pandas as pd
 from normfuse.checks import get_logger
 from normfuse.results import ResultMixin
 from normfuse.synthetic._regions import CORTICAL_REGIONS, DK_LOBE, SUBCORTICAL_REGIONS
+from normfuse.synthetic._util import str_array
 from normfuse.synthetic._volumes import RegionModel, region_model
 
 __all__ = ["simulate_cohort", "SyntheticCohort", "SyntheticTruth", "EDSS_STEPS",
@@ -296,24 +297,24 @@ def _healthy_z(rng, loading, n):
 
 def _volume_frame(ids, sessions, age, male, site_names, site_idx, icv, vols, regions, dates):
     df = pd.DataFrame({
-        "subject_id": pd.array(ids, dtype="string"),
-        "session_id": pd.array(sessions, dtype="string"),
+        "subject_id": str_array(ids),
+        "session_id": str_array(sessions),
         "age": np.round(age, 2),
-        "sex": pd.array(np.where(male == 1, "M", "F"), dtype="string"),
-        "site": pd.array(np.asarray(site_names)[site_idx], dtype="string"),
+        "sex": str_array(np.where(male == 1, "M", "F")),
+        "site": str_array(np.asarray(site_names)[site_idx]),
         "icv": np.rint(icv * 1000) / 1000,
     })
     reg = pd.DataFrame(vols, columns=list(regions))
     df = pd.concat([df, reg], axis=1)
-    df["volume_kind"] = pd.array(["pv_corrected"] * len(df), dtype="string")
+    df["volume_kind"] = str_array(["pv_corrected"] * len(df))
     df["scan_date"] = dates
     return df
 
 
 def _z_frame(z, ids, sessions, regions):
     df = pd.DataFrame(z, columns=list(regions))
-    df.insert(0, "session_id", pd.array(sessions, dtype="string"))
-    df.insert(0, "subject_id", pd.array(ids, dtype="string"))
+    df.insert(0, "session_id", str_array(sessions))
+    df.insert(0, "subject_id", str_array(ids))
     neg = (z < -CRIT).sum(axis=1)
     pos = (z > CRIT).sum(axis=1)
     df["n_crit"] = neg + pos
@@ -503,7 +504,7 @@ def simulate_cohort(
     fss = np.where(r_edss.random(V) < 0.3, np.nan, fss)
 
     visits = pd.DataFrame({
-        "patient_id": pd.array(pid[vpat], dtype="string"),
+        "patient_id": str_array(pid[vpat]),
         "visit_date": vdate.astype("datetime64[ns]"),
         "edss": edss,
         "relapse": relapse_flag,
@@ -552,21 +553,21 @@ def simulate_cohort(
                             model.volumes(mz, mage, mmale, micv, site_off[msite], site_scale[msite]),
                             regions, mdate.astype("datetime64[ns]"))
     z_matched = _z_frame(mz, mid, mones, regions)
-    matched["matched_patient_id"] = pd.array(pid[src], dtype="string")
+    matched["matched_patient_id"] = str_array(pid[src])
 
     # ---- demographics and truth ---------------------------------------------------------
     phenotype = np.where(progressive, np.where(r_pat.random(P) < 0.15, "PPMS", "SPMS"), "RRMS")
     demographics = pd.DataFrame({
-        "patient_id": pd.array(pid, dtype="string"),
-        "sex": pd.array(np.where(male == 1, "M", "F"), dtype="string"),
+        "patient_id": str_array(pid),
+        "sex": str_array(np.where(male == 1, "M", "F")),
         "birth_date": birth.astype("datetime64[ns]"),
         "age_baseline": np.round(age0, 2),
-        "site": pd.array(site_names[psite], dtype="string"),
+        "site": str_array(site_names[psite]),
         "baseline_date": base_date.astype("datetime64[ns]"),
         "follow_up_years": np.round(t[vstart + nv - 1], 3),
         "disease_duration_baseline": np.round(disease_years, 1),
-        "phenotype": pd.array(phenotype, dtype="string"),
-        "dmt": pd.array(np.asarray(DMT_NAMES)[dmt_idx], dtype="string"),
+        "phenotype": str_array(phenotype),
+        "dmt": str_array(np.asarray(DMT_NAMES)[dmt_idx]),
         "n_visits": nv,
         "n_scans": n_scan,
     })
