@@ -60,10 +60,10 @@ _HEADER = (
     "{date} - MS clinic. {name}, DOB: {dob}.",
 )
 _HISTORY = (
-    "Hx of relapsing MS, on {dmt}.",
-    "Pt has a history of multiple sclerosis and is currently treated with {dmt}.",
+    "Hx of relapsing MS; DMT: {dmt}.",
+    "Pt has a history of multiple sclerosis. Current treatment: {dmt}.",
     "MS dx some years ago; current DMT: {dmt}.",
-    "Known MS. Therapy: {dmt}, tolerating well.",
+    "Known MS. Therapy: {dmt}.",
 )
 _GAIT = (
     ("Ambulates independently without difficulty.", "Gait normal, tandem intact.",
@@ -95,7 +95,7 @@ _CONTACT = (
 )
 _PLAN = ("Plan: continue current therapy, f/u in 6 months.",
          "Plan: PT referral, recheck labs, RTC 6 mo.",
-         "Continue {dmt}. MRI brain before next visit.",
+         "Therapy reviewed ({dmt}). MRI brain before next visit.",
          "Plan discussed with pt; f/u as scheduled.")
 
 # which template fields are PHI, and their kind
@@ -242,7 +242,7 @@ def simulate_notes(rng: np.random.Generator, ctx, encounters: pd.DataFrame, *,
     phone = per_note(phones[3])
     for k in (2, 1, 0):
         phone = pc.if_else(pa.array(pstyle == k), per_note(phones[k]), phone)
-    dmt_names = [d if d != "none" else "no disease-modifying therapy" for d in DMT_NAMES]
+    dmt_names = [d if d != "none" else "none" for d in DMT_NAMES]
     fields = {
         "name": per_note(name), "mrn": per_note(mrn), "phone": phone,
         "email": per_note(email), "address": per_note(address),
