@@ -19,7 +19,7 @@ The contract values round-trip exactly: ``Volume_mm3`` is written with one decim
 decimals (ICV is rounded to three). Rows and measures outside the contract (other aseg
 structures, intensity columns, surface statistics, global volumes) are filler drawn
 from the parameters in ``params/control_curves.json``; patients' white-matter
-hypointensities (MS lesions) are enlarged.
+hypointensities (MS lesions) are multiplied by ``exp(1.6 + 0.6 N(0, 1))`` (about x5).
 """
 from __future__ import annotations
 
