@@ -1,0 +1,1 @@
+"""Derived control-curve parameters (JSON) shipped with the simulator; see derive_params.py."""
