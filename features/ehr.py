@@ -130,83 +130,161 @@ def parse_values(
 
 
 # ----------------------------------------------------------------------------- windows
-@dataclass
 class _Win:
-    """Internal windows: rows sorted by (patient code, time)."""
+    """Internal windows: rows sorted by (patient code, time); values as sparse cells.
 
-    patients: np.ndarray  # patient labels, code -> label
-    pat: np.ndarray  # int64 patient code per row
-    encounter: np.ndarray  # encounter label per row
-    window: np.ndarray  # int64 window number inside the encounter
-    start: np.ndarray  # int64 ns window start
-    time: np.ndarray  # int64 ns last event time in window
-    W: np.ndarray  # float64 (rows, vars) window means, NaN where unobserved
-    variables: list
+    A cell is one (window row, variable) pair with at least one event; its value is
+    the mean of those events. Cells are sorted by (row, variable).
+    """
+
+    def __init__(self, patients, pat, encounter, window, start, time, crow, cvar, cval, variables):
+        self.patients = patients  # patient labels, code -> label
+        self.pat = pat  # int64 patient code per row
+        self.encounter = encounter  # encounter label per row
+        self.window = window  # int64 window number inside the encounter
+        self.start = start  # int64 ns window start
+        self.time = time  # int64 ns time of the last event in the window
+        self.crow, self.cvar, self.cval = crow, cvar, cval
+        self.variables = list(variables)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.pat)
+
+    def dense(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(rows, variables) float64 matrix, NaN where unobserved."""
+        V = len(self.variables)
+        if rows is None:
+            W = np.full((self.n_rows, V), np.nan)
+            W[self.crow, self.cvar] = self.cval
+            return W
+        look = np.full(self.n_rows, -1, dtype=np.int64)
+        look[rows] = np.arange(len(rows))
+        W = np.full((len(rows), V), np.nan)
+        sel = look[self.crow] >= 0
+        W[look[self.crow[sel]], self.cvar[sel]] = self.cval[sel]
+        return W
+
+    def select_variables(self, variables: Sequence[str]) -> _Win:
+        """Keep/reorder variables (unknown ones become empty); drop no rows."""
+        pos = {v: j for j, v in enumerate(self.variables)}
+        remap = np.full(max(len(self.variables), 1), -1, dtype=np.int64)
+        for j, v in enumerate(variables):
+            if v in pos:
+                remap[pos[v]] = j
+        nv = remap[self.cvar] if len(self.cvar) else self.cvar
+        keep = nv >= 0
+        order = np.lexsort((nv[keep], self.crow[keep]))
+        return _Win(self.patients, self.pat, self.encounter, self.window, self.start, self.time,
+                    self.crow[keep][order], nv[keep][order], self.cval[keep][order], variables)
+
+
+def _codes(col: pd.Series, who: str, name: str, *, lower: bool = False):
+    """Factorize a label column once, cleaning only the distinct values (fast on 10 M rows)."""
+    codes, uniq = pd.factorize(col, sort=False, use_na_sentinel=True)
+    labels = pd.Series(uniq, dtype=object)
+    if len(labels) and not pd.api.types.is_numeric_dtype(pd.Series(uniq).dtype):
+        s = labels.astype("string").str.strip()
+        if lower:
+            s = s.str.lower()
+        s = s.mask(s == "")
+        clean, inv = pd.factorize(s, sort=True)
+        new = np.append(clean, -1)[np.where(codes >= 0, codes, len(clean))] if len(codes) else codes
+        return new.astype(np.int64), np.asarray(inv, dtype=object)
+    order = np.argsort(np.asarray(uniq)) if len(uniq) else np.zeros(0, dtype=np.int64)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    new = np.where(codes >= 0, rank[np.where(codes >= 0, codes, 0)] if len(rank) else codes, -1)
+    return new.astype(np.int64), np.asarray(uniq, dtype=object)[order]
 
 
 def _prepare_events(events, encounters, who, censored):
+    """Validate events; return integer-coded arrays of the usable events."""
     require_dataframe(events, who, "events")
     require_columns(
         events, list(EVENT_COLUMNS), who,
         hint="Events need one row per measurement: rename your columns to these names.",
     )
     n0 = len(events)
-    tab = events["table"].astype("string").str.strip().str.lower()
-    unknown = tab.notna() & ~tab.isin(EVENT_TABLES)
-    if unknown.any():
-        counts = events.loc[unknown.to_numpy(), "table"].value_counts().head(10).to_dict()
+    tcode, tabs = _codes(events["table"], who, "table", lower=True)
+    unknown = [t for t in tabs if t not in EVENT_TABLES]
+    if unknown:
+        bad = np.isin(tcode, [i for i, t in enumerate(tabs) if t not in EVENT_TABLES])
+        counts = events.loc[bad, "table"].value_counts().head(10).to_dict()
         raise ColumnContractError(
             f"{who}: column 'table' holds unknown event tables {counts} (value: rows); "
             f"expected one of {list(EVENT_TABLES)}. Map them, e.g. "
             "events.assign(table=events['table'].replace({'labs': 'lab'})), or drop them."
         )
-    t = to_naive_datetime(events["time"], who, "time")
+    t = ns(to_naive_datetime(events["time"], who, "time").to_numpy())
+    nat = t == np.iinfo(np.int64).min
     value, _flag = parse_values(events["value"], censored=censored, who=who)
-    pid = events["patient_id"]
-    eid = events["encounter_id"]
-    var = events["variable"].astype("string").str.strip()
-    keep = (pid.notna() & eid.notna() & var.notna() & t.notna()).to_numpy() & ~np.isnan(value)
-    n_miss_key = int((~(pid.notna() & eid.notna() & var.notna()).to_numpy()).sum())
-    n_nat = int((t.isna() & pid.notna()).sum())
-    dropped(n_miss_key, "events", "missing patient_id, encounter_id or variable", logger=log)
-    dropped(n_nat, "events", "missing time", logger=log)
-    n_nan = int((np.isnan(value) & (pid.notna() & t.notna()).to_numpy()).sum())
-    dropped(n_nan, "events", "value missing or not numeric (see log for examples)", logger=log)
-    df = pd.DataFrame(
-        {"pid": pid.to_numpy()[keep], "eid": eid.to_numpy()[keep],
-         "t": ns(t.to_numpy()[keep]), "var": var.to_numpy(dtype=object)[keep],
-         "v": value[keep]}
-    )
-    dup = df.duplicated(keep="first").to_numpy()
+    pcode, patients = _codes(events["patient_id"], who, "patient_id")
+    ecode, encs = pd.factorize(events["encounter_id"], sort=False)
+    vcode, variables = _codes(events["variable"], who, "variable")
+    nokey = (pcode < 0) | (ecode < 0) | (vcode < 0)
+    keep = ~nokey & ~nat & ~np.isnan(value)
+    dropped(int(nokey.sum()), "events", "missing patient_id, encounter_id or variable", logger=log)
+    dropped(int((~nokey & nat).sum()), "events", "missing time", logger=log)
+    dropped(int((~nokey & ~nat & np.isnan(value)).sum()), "events",
+            "value missing or not numeric (see log for examples)", logger=log)
+    p, e, tt, vc, v = pcode[keep], ecode[keep].astype(np.int64), t[keep], vcode[keep], value[keep]
+    dup = _exact_duplicates(p, e, tt, vc, v)
     if dup.any():
         dropped(int(dup.sum()), "events", "exact duplicates of another event", logger=log)
-        df = df.loc[~dup]
+        p, e, tt, vc, v = p[~dup], e[~dup], tt[~dup], vc[~dup], v[~dup]
+    encs = np.asarray(encs, dtype=object)
     if encounters is not None:
         enc = _prepare_encounters(encounters, who)
-        m = df.merge(enc, how="left", left_on="eid", right_on="encounter_id", sort=False)
-        known = m["start"].notna().to_numpy()
-        same = known & (m["patient_id"].to_numpy(dtype=object) == m["pid"].to_numpy(dtype=object))
-        st = ns(m["start"].to_numpy())
-        en = ns(m["end"].to_numpy())
-        inside = same & (m["t"].to_numpy() >= st) & (m["t"].to_numpy() <= en)
+        pos = pd.Index(enc["encounter_id"]).get_indexer(encs)
+        known = pos[e] >= 0
+        ep = pd.Index(patients).get_indexer(enc["patient_id"].to_numpy(dtype=object))
+        same = known & (ep[np.where(pos >= 0, pos, 0)][e] == p)
+        st = ns(enc["start"].to_numpy())[np.where(pos >= 0, pos, 0)][e]
+        en = ns(enc["end"].to_numpy())[np.where(pos >= 0, pos, 0)][e]
+        inside = same & (tt >= st) & (tt <= en)
         dropped(int((~known).sum()), "events", "encounter_id not in the encounters table", logger=log)
         dropped(int((known & ~same).sum()), "events",
                 "patient_id differs from the encounter's patient_id", logger=log)
         dropped(int((same & ~inside).sum()), "events",
                 "time outside its encounter's [start, end]", logger=log)
-        df = df.loc[inside].assign(enc_start=st[inside])
+        p, e, tt, vc, v, st = p[inside], e[inside], tt[inside], vc[inside], v[inside], st[inside]
     else:
-        df = df.assign(enc_start=df.groupby("eid", sort=False)["t"].transform("min").to_numpy())
-    log.info("%s: %d of %d events usable", who, len(df), n0)
-    return df
+        emin = np.full(len(encs), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(emin, e, tt)
+        st = emin[e]
+    log.info("%s: %d of %d events usable", who, len(p), n0)
+    return p, e, tt, vc, v, st, patients, encs, variables
+
+
+def _exact_duplicates(*cols: np.ndarray) -> np.ndarray:
+    """Mask of rows equal to an earlier row in all ``cols`` (hash first, then exact check)."""
+    n = len(cols[0])
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    h = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k, c in enumerate(cols):
+            c = np.ascontiguousarray(c)
+            bits = c.view(np.uint64) if c.dtype.itemsize == 8 else c.astype(np.uint64)
+            h = (h ^ (bits + np.uint64(0x9E3779B97F4A7C15) + (h << np.uint64(6)) + (h >> np.uint64(2)))) \
+                * np.uint64(0xBF58476D1CE4E5B9 + 2 * k)
+    cand = np.flatnonzero(pd.Series(h).duplicated(keep=False).to_numpy())
+    out = np.zeros(n, dtype=bool)
+    if cand.size:
+        sub = pd.DataFrame({f"c{k}": c[cand] for k, c in enumerate(cols)})
+        out[cand] = sub.duplicated(keep="first").to_numpy()
+    return out
 
 
 def _prepare_encounters(encounters, who):
     require_dataframe(encounters, who, "encounters")
     require_columns(encounters, ["encounter_id", "patient_id", "start", "end"], who)
-    enc = encounters[["encounter_id", "patient_id", "start", "end"]].copy()
-    enc["start"] = to_naive_datetime(enc["start"], who, "start")
-    enc["end"] = to_naive_datetime(enc["end"], who, "end")
+    enc = pd.DataFrame({
+        "encounter_id": encounters["encounter_id"].to_numpy(),
+        "patient_id": encounters["patient_id"].to_numpy(),
+        "start": to_naive_datetime(encounters["start"], who, "start").to_numpy(),
+        "end": to_naive_datetime(encounters["end"], who, "end").to_numpy()})
     d = enc["encounter_id"].duplicated(keep=False)
     if d.any():
         first = enc.loc[d.to_numpy(), "encounter_id"].iloc[0]
@@ -228,35 +306,39 @@ def _prepare_encounters(encounters, who):
 
 def _windows(events, encounters, width, censored, who) -> _Win:
     w_ns = np.int64(parse_offset(width, who, "width").value)
-    df = _prepare_events(events, encounters, who, censored)
-    t = df["t"].to_numpy()
-    st0 = df["enc_start"].to_numpy()
+    p, e, t, vc, v, st0, patients, encs, variables = _prepare_events(events, encounters, who, censored)
     win = (t - st0) // w_ns
-    pcode, patients = pd.factorize(df["pid"], sort=True)
-    ecode, encs = pd.factorize(df["eid"], sort=False)
-    vcode, variables = pd.factorize(df["var"], sort=True)
     nwin = int(win.max()) + 1 if len(win) else 1
-    rkey = ecode.astype(np.int64) * nwin + win
-    rcode, ukeys = pd.factorize(rkey, sort=False)
-    n_rows, n_vars = len(ukeys), len(variables)
-    flat = rcode.astype(np.int64) * n_vars + vcode
-    sums = np.bincount(flat, weights=df["v"].to_numpy(), minlength=n_rows * n_vars)
-    cnts = np.bincount(flat, minlength=n_rows * n_vars)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        W = (sums / cnts).reshape(n_rows, n_vars)
+    rcode, ukeys = pd.factorize(e * nwin + win, sort=False)
+    n_rows, V = len(ukeys), max(len(variables), 1)
+    ccode, ucells = pd.factorize(rcode.astype(np.int64) * V + vc, sort=False)
+    sums = np.bincount(ccode, weights=v, minlength=len(ucells))
+    cnts = np.bincount(ccode, minlength=len(ucells))
+    cval = sums / cnts
     tmax = np.full(n_rows, np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(tmax, rcode, t)
-    first = np.full(n_rows, -1, dtype=np.int64)
-    first[rcode[::-1]] = np.arange(len(rcode) - 1, -1, -1)  # any event of the row
-    r_pat = pcode[first].astype(np.int64)
+    first = np.empty(n_rows, dtype=np.int64)
+    first[rcode[::-1]] = np.arange(len(rcode) - 1, -1, -1)  # an event of the row
+    r_pat = p[first]
     r_win = win[first]
     r_start = st0[first] + r_win * w_ns
     order = np.lexsort((r_win, r_start, tmax, r_pat))
-    return _Win(
-        patients=np.asarray(patients, dtype=object), pat=r_pat[order],
-        encounter=np.asarray(encs, dtype=object)[ecode[first]][order], window=r_win[order],
-        start=r_start[order], time=tmax[order], W=W[order], variables=list(variables),
-    )
+    inv = np.empty(n_rows, dtype=np.int64)
+    inv[order] = np.arange(n_rows)
+    crow = inv[ucells // V]
+    cvar = ucells % V
+    co = np.argsort(crow * V + cvar, kind="stable")
+    return _Win(np.asarray(patients, dtype=object), r_pat[order], encs[e[first]][order],
+                r_win[order], r_start[order], tmax[order], crow[co], cvar[co], cval[co],
+                list(variables))
+
+
+def _frame(w: _Win, W: np.ndarray, rows: np.ndarray | None = None) -> pd.DataFrame:
+    r = slice(None) if rows is None else rows
+    cols = {"patient_id": w.patients[w.pat[r]], "encounter_id": w.encounter[r], "window": w.window[r],
+            "window_start": w.start[r].view("datetime64[ns]"), "time": w.time[r].view("datetime64[ns]")}
+    cols.update({v: W[:, j] for j, v in enumerate(w.variables)})
+    return pd.DataFrame(cols, copy=False)
 
 
 def make_windows(
@@ -293,15 +375,11 @@ def make_windows(
     [2.0, 10.0]
     """
     w = _windows(events, encounters, width, censored, "make_windows")
-    out = pd.DataFrame(
-        {"patient_id": w.patients[w.pat], "encounter_id": w.encounter, "window": w.window,
-         "window_start": w.start.view("datetime64[ns]"), "time": w.time.view("datetime64[ns]")}
-    )
-    vals = pd.DataFrame(w.W, columns=w.variables)
-    return pd.concat([out, vals], axis=1)
+    return _frame(w, w.dense())
 
 
 def _from_window_frame(windows: pd.DataFrame, variables: Sequence[str], who: str) -> _Win:
+    require_dataframe(windows, who, "windows")
     require_columns(windows, ["patient_id", "encounter_id", "window", "window_start", "time"], who,
                     hint="Pass the output of make_windows(...) as windows=.")
     pcode, patients = pd.factorize(windows["patient_id"], sort=True)
@@ -312,10 +390,12 @@ def _from_window_frame(windows: pd.DataFrame, variables: Sequence[str], who: str
     t = ns(to_naive_datetime(windows["time"], who, "time").to_numpy())
     st = ns(to_naive_datetime(windows["window_start"], who, "window_start").to_numpy())
     order = np.lexsort((st, t, pcode))
+    W = W[order]
+    crow, cvar = np.nonzero(~np.isnan(W))
     return _Win(np.asarray(patients, dtype=object), pcode.astype(np.int64)[order],
                 windows["encounter_id"].to_numpy(dtype=object)[order],
                 windows["window"].to_numpy(dtype=np.int64)[order], st[order], t[order],
-                W[order], list(variables))
+                crow.astype(np.int64), cvar.astype(np.int64), W[crow, cvar], list(variables))
 
 
 # ----------------------------------------------------------------------------- results
@@ -422,9 +502,9 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         n_pat = len(w.patients)
         if n_pat == 0:
             raise ValueError("EHRFeaturizer.fit: no usable events (all rows were dropped; see log).")
-        seen = np.zeros((n_pat, len(w.variables)), dtype=bool)
-        r, c = np.nonzero(~np.isnan(w.W))
-        seen[w.pat[r], c] = True
+        V = len(w.variables)
+        seen = np.zeros((n_pat, V), dtype=bool)
+        seen[w.pat[w.crow], w.cvar] = True
         frac = seen.mean(axis=0)
         keep = frac >= self.min_patient_frac
         self.variables_ = [v for v, k in zip(w.variables, keep) if k]
@@ -433,9 +513,11 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
             log.warning("EHRFeaturizer.fit: dropped %d rare variables (seen in < %.0f%% of %d "
                         "training patients): %s", len(self.dropped_variables_),
                         100 * self.min_patient_frac, n_pat, sorted(self.dropped_variables_)[:20])
-        Wk = w.W[:, keep]
-        self.min_ = np.nanmin(Wk, axis=0) if Wk.size else np.zeros(0)
-        self.max_ = np.nanmax(Wk, axis=0) if Wk.size else np.zeros(0)
+        mn = np.full(V, np.inf)
+        mx = np.full(V, -np.inf)
+        np.minimum.at(mn, w.cvar, w.cval)
+        np.maximum.at(mx, w.cvar, w.cval)
+        self.min_, self.max_ = mn[keep], mx[keep]
         self.n_train_patients_ = n_pat
         return self
 
@@ -453,17 +535,11 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         if windows is not None:
             return _from_window_frame(windows, self.variables_, who)
         w = _windows(events, encounters, self.width, self.censored, who)
-        idx = {v: j for j, v in enumerate(w.variables)}
-        unseen = [v for v in w.variables if v not in set(self.variables_)]
+        kept = set(self.variables_)
+        unseen = [v for v in w.variables if v not in kept]
         if unseen:
             log.info("%s: ignoring %d variables not kept in fit: %s", who, len(unseen), unseen[:20])
-        W = np.full((w.W.shape[0], len(self.variables_)), np.nan)
-        for j, v in enumerate(self.variables_):
-            if v in idx:
-                W[:, j] = w.W[:, idx[v]]
-        w.W = W
-        w.variables = list(self.variables_)
-        return w
+        return w.select_variables(self.variables_)
 
     def _scale(self, W):
         rng = self.max_ - self.min_
@@ -478,16 +554,12 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         patients may fall outside [0, 1]; a constant variable maps to 0.
         """
         w = self._get(events, encounters, None, "EHRFeaturizer.transform")
-        W = self._scale(w.W)
-        nonempty = ~np.all(np.isnan(W), axis=1)
+        nonempty = np.zeros(w.n_rows, dtype=bool)
+        nonempty[w.crow] = True
         dropped(int((~nonempty).sum()), "windows",
                 "no value of any kept variable", warn=False, logger=log)
-        out = pd.DataFrame(
-            {"patient_id": w.patients[w.pat][nonempty], "encounter_id": w.encounter[nonempty],
-             "window": w.window[nonempty],
-             "window_start": w.start[nonempty].view("datetime64[ns]"),
-             "time": w.time[nonempty].view("datetime64[ns]")})
-        return pd.concat([out, pd.DataFrame(W[nonempty], columns=self.variables_)], axis=1)
+        rows = np.flatnonzero(nonempty)
+        return _frame(w, self._scale(w.dense(rows)), rows)
 
     def _locate(self, w: _Win, index: pd.DataFrame, who: str):
         require_dataframe(index, who, "index")
@@ -540,7 +612,11 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         pos = np.where(mask, pos, 0)
         V = len(self.variables_)
         if len(w.time):
-            Ws = self._scale(w.W)[pos]
+            need = np.unique(pos[mask])
+            look = np.zeros(w.n_rows, dtype=np.int64)
+            look[need] = np.arange(len(need))
+            sub = self._scale(w.dense(need)) if len(need) else np.full((1, V), np.nan)
+            Ws = sub[look[pos]]
             Ws[~mask] = np.nan
             hours = (q_t[:, None] - w.time[pos]) / 3.6e12
         else:
@@ -573,13 +649,12 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         q_pat, q_t = self._locate(w, index, who)
         V = len(self.variables_)
         n_q = len(index)
-        r, c = np.nonzero(~np.isnan(w.W))
-        # long values sorted by (patient, variable, time); rows are already time-sorted
-        pv = w.pat[r] * max(V, 1) + c
-        o = np.argsort(pv, kind="stable")
-        pv, r, c = pv[o], r[o], c[o]
-        vals = w.W[r, c]
-        tt = w.time[r]
+        # cells sorted by (patient, variable, time); rows are already time-sorted
+        pv = w.pat[w.crow] * max(V, 1) + w.cvar
+        o = np.argsort(pv * np.int64(max(w.n_rows, 1)) + w.crow)
+        pv = pv[o]
+        vals = w.cval[o]
+        tt = w.time[w.crow[o]]
         t0 = tt.min() if len(tt) else 0
         rel = (-((t0 - tt) // 1_000_000_000)).astype(np.int64)  # ceil: conservative
         key = (pv.astype(np.int64) << _SHIFT) | rel

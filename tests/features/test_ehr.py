@@ -288,3 +288,16 @@ def test_bad_parameters():
         EHRFeaturizer(lookbacks=("90 days please",)).fit(ev)
     with pytest.raises(ValueError, match="unknown stats"):
         EHRFeaturizer(stats=("median",)).fit(ev)
+
+
+def test_exact_duplicates_matches_pandas(rng):
+    """The hashed duplicate finder equals DataFrame.duplicated on planted duplicates."""
+    from features.ehr import _exact_duplicates
+
+    n = 5000
+    cols = [rng.integers(0, 5, n), rng.integers(0, 3, n), rng.integers(0, 4, n).astype(np.int64),
+            rng.choice([0.5, 1.5, np.nan], n)]
+    ref = pd.DataFrame({f"c{i}": c for i, c in enumerate(cols)}).duplicated().to_numpy()
+    got = _exact_duplicates(*cols)
+    assert ref.sum() > 100
+    np.testing.assert_array_equal(got, ref)
