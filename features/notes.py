@@ -47,7 +47,7 @@ _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|
 _CAP = r"(?:[A-Z][a-zA-Z'\-]+|[A-Z]\.)"  # a capitalised token or an initial
 _STREET = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|"
            r"Place|Pl|Terrace|Ter|Circle|Cir|Highway|Hwy|Parkway|Pkwy)")
-_NAME_CUE = (r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?|(?:[Pp]atient|[Pp]t|[Nn]ame|[Pp]atient [Nn]ame|"
+_NAME_CUE = (r"(?:(?:Mrs|Mr|Ms|Miss|Mx|Dr|Prof)\b\.?|(?:[Pp]atient|[Pp]t|[Nn]ame|[Pp]atient [Nn]ame|"
              r"[Ss]een by|[Rr]eferred by|[Rr]eferring physician|[Aa]ttending|[Ss]igned by|"
              r"[Ee]lectronically signed by|[Cc]c|[Ss]pouse|[Ww]ife|[Hh]usband|[Mm]other|[Ff]ather|"
              r"[Dd]aughter|[Ss]on|[Cc]ontact|[Gg]uardian|[Nn]eurologist)\s*:?)")
@@ -56,8 +56,9 @@ _RULES: list[tuple[str, re.Pattern]] = [
     ("URL", re.compile(r"\b(?:https?://|www\.)\S+", re.I)),
     ("EMAIL", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
     ("SSN", re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b")),
-    ("MRN", re.compile(r"(?<=\b(?:MRN|MR#|Medical Record Number|Medical record|Record #|Acct|Account|"
-                       r"Account #|Patient ID|ID)[:# ])\s*#?\s*[A-Z]{0,3}-?\d[\dA-Z-]{4,}\b", re.I)),
+    ("MRN", re.compile(r"(?P<keep>\b(?:MRN|MR\s?#|Medical Record Number|Medical record|Record\s?#|Acct|"
+                       r"Account|Account\s?#|Patient ID|ID|Hospital No\.?|Hospital number)\s*[:#]?\s*#?\s*)"
+                       r"[A-Z]{0,3}-?\d[\dA-Z-]{3,}\b", re.I)),
     ("PHONE", re.compile(r"(?:(?<!\w)\+?1[\s.-]?)?(?:\(\d{3}\)\s?|\b\d{3}[\s.-])\d{3}[\s.-]\d{4}\b"
                          r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?", re.I)),
     ("PHONE", re.compile(r"\+\d{1,3}[\s.-]\d{2,4}[\s.-]\d{3,4}[\s.-]\d{3,4}\b")),
@@ -69,16 +70,17 @@ _RULES: list[tuple[str, re.Pattern]] = [
     ("ADDRESS", re.compile(rf"\b\d{{1,6}}\s+(?:[A-Z][a-zA-Z]+\.?\s+){{1,3}}{_STREET}\b\.?"
                            r"(?:,?\s+(?:Apt|Apartment|Suite|Unit|#)\.?\s*[\w-]+)?")),
     ("ADDRESS", re.compile(r"\b(?:P\.?\s?O\.?\s?Box)\s+\d+\b", re.I)),
-    ("ZIP", re.compile(r"(?<=\b[A-Z]{2}\s)\d{5}(?:-\d{4})?\b")),
+    ("ZIP", re.compile(r"(?P<keep>\b[A-Z]{2},?\s)\d{5}(?:-\d{4})?\b")),
     ("ZIP", re.compile(r"\b\d{5}-\d{4}\b")),
-    ("ZIP", re.compile(r"(?<=\b(?:ZIP|zip|Zip|postal code|Postal code)[: ])\s*\d{5}\b")),
+    ("ZIP", re.compile(r"(?P<keep>\b(?:ZIP|zip|Zip|postal code|Postal code)(?: code)?:?\s*)\d{5}\b")),
     ("AGE", re.compile(r"\b(?:9\d|1[0-2]\d)(?=[- ]?(?:years?[- ]old|y/?o\b|yrs?\b))", re.I)),
     ("ID", re.compile(r"\b\d{7,}\b")),
 ]
-_NAME_RULES = [
-    re.compile(rf"(?<={_NAME_CUE}\s)\s*({_CAP}(?:\s+{_CAP}){{0,2}})"),
-    re.compile(rf"\b({_CAP}(?:\s+{_CAP}){{0,2}})(?=,?\s+(?:MD|M\.D\.|DO|RN|NP|PA-C|PhD)\b)"),
-]
+_CUE_RX = re.compile(rf"\b{_NAME_CUE}")
+_NAME_AFTER = re.compile(rf"[ \t]*({_CAP}(?:,?[ \t]+{_CAP}){{0,2}})")
+_NAME_BEFORE_DEGREE = re.compile(
+    rf"\b({_CAP}(?:[ \t]+{_CAP}){{0,2}})(?=,?\s+(?:MD|M\.D\.|DO|RN|NP|PA-C|PhD)\b)")
+_TITLES = {"Dr", "Mr", "Mrs", "Ms", "Miss", "Mx", "Prof"}
 # cue-words that are capitalised but are not names (stop extending a name match there)
 _NOT_NAMES = {"The", "He", "She", "They", "His", "Her", "Patient", "Pt", "MRI", "EDSS", "MS",
               "Follow", "Denies", "Reports", "No", "On", "In", "At", "With", "And", "Today",
@@ -89,25 +91,30 @@ _NOT_NAMES = {"The", "He", "She", "They", "His", "Her", "Patient", "Pt", "MRI", 
 
 def _scrub_one(text: str) -> str:
     names: set[str] = set()
-    for rx in _NAME_RULES:
-        for m in rx.finditer(text):
-            toks = m.group(1).split()
-            keep = []
-            for tk in toks:
-                if tk.rstrip(".,") in _NOT_NAMES:
-                    break
-                keep.append(tk)
-            for tk in keep:
-                tk = tk.strip(".,")
-                if len(tk) >= 2:
-                    names.add(tk)
+    found = [_NAME_AFTER.match(text, m.end()) for m in _CUE_RX.finditer(text)]
+    found += list(_NAME_BEFORE_DEGREE.finditer(text))
+    for m in found:
+        if m is None:
+            continue
+        toks = [tk.strip(".,") for tk in m.group(1).split()]
+        while toks and toks[0] in _TITLES:
+            toks = toks[1:]
+        for tk in toks:
+            if tk in _NOT_NAMES:
+                break
+            if len(tk) >= 2:
+                names.add(tk)
     for kind, rx in _RULES:
-        text = rx.sub(f"[{kind}]", text)
+        if "keep" in rx.groupindex:
+            text = rx.sub(lambda m, k=kind: m.group("keep") + f"[{k}]", text)
+        else:
+            text = rx.sub(f"[{kind}]", text)
     if names:
         alt = "|".join(sorted((re.escape(n) for n in names), key=len, reverse=True))
         text = re.sub(rf"(?<![\w\[])(?:{alt})(?![\w\]])", "[NAME]", text)
         # initials next to a replaced name ("J. [NAME]", "[NAME] J.")
         text = re.sub(r"\b[A-Z]\.\s+(?=\[NAME\])", "", text)
+        text = re.sub(r"\[NAME\](?:[ \t]+(?:[A-Z]\.[ \t]+)?\[NAME\])+", "[NAME]", text)
     return text
 
 
@@ -306,7 +313,9 @@ class NoteEmbedder(TransformerMixin, BaseEstimator):
             self.n_features_out_ = k
         else:
             self._encoder = load_minilm(self.model_path, sha256=self.sha256)
-            self.n_features_out_ = int(self._encoder.get_sentence_embedding_dimension())
+            dim = getattr(self._encoder, "get_embedding_dimension", None) or \
+                self._encoder.get_sentence_embedding_dimension
+            self.n_features_out_ = int(dim())
         self.n_train_notes_ = len(texts)
         return self
 
