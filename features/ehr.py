@@ -93,9 +93,9 @@ def parse_values(
     n = len(values)
     flag = np.zeros(n, dtype=np.int8)
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-        return values.to_numpy(dtype=np.float64, na_value=np.nan), flag
+        return np.array(values.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64, copy=True), flag
     num = pd.to_numeric(values, errors="coerce")
-    out = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    out = np.array(num.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64, copy=True)
     rest = np.flatnonzero(np.isnan(out) & values.notna().to_numpy())
     if rest.size:
         s = values.iloc[rest].astype("string").str.strip()

@@ -101,7 +101,7 @@ def test_scrub_keeps_clinical_content_and_types():
     assert "Okafor" not in s and "John" not in s
     ser = pd.Series(["Dr. Ann Lee", None], index=[5, 7])
     got = scrub_phi(ser)
-    assert got.index.tolist() == [5, 7] and got.iloc[0] == "Dr. [NAME]" and got.iloc[1] is None
+    assert got.index.tolist() == [5, 7] and got.iloc[0] == "Dr. [NAME]" and pd.isna(got.iloc[1])
 
 
 def _notes_for(texts, rng):
