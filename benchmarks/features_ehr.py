@@ -44,7 +44,7 @@ def simulate(n_events: int, seed: int = 0, events_per_patient: int = 500):
     n_var = 40
     p = 1.0 / np.arange(1, n_var + 1) ** 0.7
     var = rng.choice(n_var, n_events, p=p / p.sum())
-    names = np.array([f"{k}{i:02d}" for i, k in zip(range(n_var), ["lab", "vital", "med", "lab"] * 10)])
+    names = np.array([f"{k}{i:02d}" for i, k in zip(range(n_var), ["lab", "vital", "med", "lab"] * 10, strict=False)])
     value = rng.normal(50 + var, 5 + 0.1 * var).astype(np.float64)
     events = pd.DataFrame({
         "patient_id": enc_pat[ev_enc].astype(np.int64),

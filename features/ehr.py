@@ -507,8 +507,8 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         seen[w.pat[w.crow], w.cvar] = True
         frac = seen.mean(axis=0)
         keep = frac >= self.min_patient_frac
-        self.variables_ = [v for v, k in zip(w.variables, keep) if k]
-        self.dropped_variables_ = {v: float(f) for v, f, k in zip(w.variables, frac, keep) if not k}
+        self.variables_ = [v for v, k in zip(w.variables, keep, strict=False) if k]
+        self.dropped_variables_ = {v: float(f) for v, f, k in zip(w.variables, frac, keep, strict=False) if not k}
         if self.dropped_variables_:
             log.warning("EHRFeaturizer.fit: dropped %d rare variables (seen in < %.0f%% of %d "
                         "training patients): %s", len(self.dropped_variables_),

@@ -31,7 +31,13 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from features._util import dropped, ns, parse_offset, to_naive_datetime
 from normfuse import persist
-from normfuse.checks import check_is_fitted, get_logger, optional_import, require_columns, require_dataframe
+from normfuse.checks import (
+    check_is_fitted,
+    get_logger,
+    optional_import,
+    require_columns,
+    require_dataframe,
+)
 from normfuse.errors import InputFormatError, SchemaError
 
 __all__ = ["scrub_phi", "NoteEmbedder", "PHI_TYPES", "MINILM_SHA256"]

@@ -275,3 +275,38 @@ def test_inputs_not_mutated():
     build_cohort_table(idx, deviations=_devs())
     pd.testing.assert_frame_equal(v, v0)
     pd.testing.assert_frame_equal(idx, i0)
+
+
+def _slow_label_tte(v, pid, d, thr, horizon=3.0):
+    """Independent reference for one index row: milestone label and time/event in years."""
+    g = v[(v["patient_id"] == pid)].sort_values("visit_date")
+    base = g[g["visit_date"] <= d]["edss"].iloc[-1]
+    after = g[g["visit_date"] > d]
+    rel = after[after["relapse"]]
+    t_r = ((rel["visit_date"].iloc[0] if len(rel) else after["visit_date"].iloc[-1]) - d).days / 365.25 \
+        if len(after) else np.nan
+    if base >= thr:  # already at the milestone: excluded
+        return np.nan, np.nan, 0, t_r, int(len(rel) > 0)
+    hz = d + pd.Timedelta(days=365.25 * horizon)
+    hit = ((after["visit_date"] <= hz) & (after["edss"] >= thr)).any()
+    full = len(after) and after["visit_date"].max() - d >= hz - d
+    lab = 1.0 if hit else (0.0 if full else np.nan)
+    if after.empty:
+        return lab, np.nan, 0, np.nan, 0
+    reach = after[after["edss"] >= thr]
+    t_m = ((reach["visit_date"].iloc[0] if len(reach) else after["visit_date"].iloc[-1]) - d).days / 365.25
+    return lab, t_m, int(len(reach) > 0), t_r, int(len(rel) > 0)
+
+
+def test_labels_and_event_times_match_slow_reference(rng):
+    """Labels and milestone/relapse times equal a per-row loop on seeded trajectories."""
+    v = _visits(rng, n_pat=40)
+    idx = build_index_visits(v, rule="all").iloc[::3]
+    lab = make_labels(v, idx, thresholds=(4,))
+    tte = time_to_event_table(v, idx, milestones=(4,))
+    for k, (pid, d) in idx[["patient_id", "index_date"]].iterrows():
+        y, tm, em, tr, er = _slow_label_tte(v, pid, d, 4.0)
+        got = [lab.loc[k, "y_edss4_3y"], tte.loc[k, "time_edss4"], tte.loc[k, "event_edss4"],
+               tte.loc[k, "time_relapse"], tte.loc[k, "event_relapse"]]
+        np.testing.assert_allclose(np.array(got, dtype=float), np.array([y, tm, em, tr, er], dtype=float),
+                                   rtol=0, atol=1e-12, err_msg=f"{pid} {d}")

@@ -9,7 +9,12 @@ import pytest
 
 from features.ehr import EHRFeaturizer, make_windows, parse_values
 from normfuse import persist
-from normfuse.errors import ColumnContractError, DataDroppedWarning, InputFormatError, NotFittedError
+from normfuse.errors import (
+    ColumnContractError,
+    DataDroppedWarning,
+    InputFormatError,
+    NotFittedError,
+)
 
 H = pd.Timedelta("1h")
 
@@ -26,7 +31,7 @@ def _events(rng, n_pat=30, n_enc=4, per_enc=25, variables=("crp", "hr", "sbp", "
             off = np.sort(rng.uniform(0, 72, k))  # hours
             var = rng.choice(list(variables), k)
             val = rng.normal(10 + 3 * (var == "hr") + 0.05 * s, 2)
-            for o, v, x in zip(off, var, val):
+            for o, v, x in zip(off, var, val, strict=False):
                 rows.append((f"P{p:03d}", f"P{p:03d}-E{e}", st + pd.Timedelta(hours=float(o)), "lab", v, x))
     ev = pd.DataFrame(rows, columns=["patient_id", "encounter_id", "time", "table", "variable", "value"])
     if rare is not None:
@@ -235,7 +240,7 @@ def test_sequences_match_reference_and_never_leak(rng):
     seq = f.sequences(idx, events=ev)
     w = f.transform(ev)
     assert seq.X.shape[1] == 5 and seq.X.dtype == np.float32
-    for k, (pid, d) in enumerate(zip(idx["patient_id"], idx["index_date"])):
+    for k, (pid, d) in enumerate(zip(idx["patient_id"], idx["index_date"], strict=False)):
         g = w[(w["patient_id"] == pid) & (w["time"] < d)].tail(5)
         n = len(g)
         assert seq.mask[k].sum() == n and not seq.mask[k, n:].any()
