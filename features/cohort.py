@@ -174,7 +174,11 @@ def build_index_visits(
     who = "build_index_visits"
     if rule not in ("first", "all"):
         raise ValueError(f"{who}: got rule={rule!r}; expected 'first' or 'all'.")
-    v = validate_visits(visits, who).dropna(subset=["edss"])
+    v = validate_visits(visits, who)
+    n_na = int(v["edss"].isna().sum())
+    if n_na:
+        log.info("%s: %d visits without EDSS cannot be index visits", who, n_na)
+    v = v.dropna(subset=["edss"])
     full = v.groupby("patient_id", sort=False)["visit_date"].max()
     if rule == "first":
         v = v.loc[~v["patient_id"].duplicated(keep="first").to_numpy()]

@@ -234,6 +234,21 @@ def _prepare_events(events, encounters, who, censored):
         dropped(int(dup.sum()), "events", "exact duplicates of another event", logger=log)
         p, e, tt, vc, v = p[~dup], e[~dup], tt[~dup], vc[~dup], v[~dup]
     encs = np.asarray(encs, dtype=object)
+    if encounters is None and len(e):  # with a table, mismatching events are dropped below
+        pmin = np.full(len(encs), np.iinfo(np.int64).max, dtype=np.int64)
+        pmax = np.full(len(encs), -1, dtype=np.int64)
+        np.minimum.at(pmin, e, p)
+        np.maximum.at(pmax, e, p)
+        shared = np.flatnonzero((pmax >= 0) & (pmin != pmax))
+        if shared.size:
+            k = int(shared[0])
+            raise ColumnContractError(
+                f"{who}: encounter_id {encs[k]!r} holds events of several patients "
+                f"({patients[pmin[k]]!r} and {patients[pmax[k]]!r}; {shared.size} such encounters). "
+                "Encounter ids must be unique across patients; prefix them with the patient id, "
+                "e.g. events.assign(encounter_id=events['patient_id'].astype(str) + ':' + "
+                "events['encounter_id'].astype(str))."
+            )
     if encounters is not None:
         enc = _prepare_encounters(encounters, who)
         pos = pd.Index(enc["encounter_id"]).get_indexer(encs)

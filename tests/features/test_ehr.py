@@ -132,6 +132,10 @@ def test_bad_inputs_rejected_with_clear_messages():
     ev = pd.DataFrame({**base, "table": "lab", "time": ["2020-01-01 00:00", "yesterday"]})
     with pytest.raises(InputFormatError, match="row 1: 'yesterday'"):
         make_windows(ev)
+    ev = pd.DataFrame({**base, "table": "lab", "patient_id": ["A", "B"],
+                       "time": pd.to_datetime(["2020-01-01", "2020-01-02"])})
+    with pytest.raises(ColumnContractError, match="encounter_id 'e' holds events of several patients"):
+        make_windows(ev)
     with pytest.raises(ColumnContractError, match=r"Missing: \['encounter_id'\]"):
         make_windows(pd.DataFrame({"patient_id": [1], "time": [1], "table": ["lab"],
                                    "variable": ["x"], "value": [1]}))
