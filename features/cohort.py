@@ -254,7 +254,7 @@ def make_labels(
     p = _pairs(q, v.dropna(subset=["edss"]))
     after = p["visit_date"].to_numpy() > p["index_date"].to_numpy()
     horizon = pd.Timedelta(days=365.25 * float(horizon_years)).value
-    dt = ns_diff(p["visit_date"], p["index_date"])
+    dt = _ns_diff(p["visit_date"], p["index_date"])
     within = after & (dt <= horizon)
     qi = p["_q"].to_numpy()
     n = len(q)
@@ -277,7 +277,7 @@ def make_labels(
     return res
 
 
-def ns_diff(a: pd.Series, b: pd.Series) -> np.ndarray:
+def _ns_diff(a: pd.Series, b: pd.Series) -> np.ndarray:
     """``a - b`` in int64 nanoseconds."""
     return a.to_numpy(dtype="datetime64[ns]").view(np.int64) - b.to_numpy(dtype="datetime64[ns]").view(np.int64)
 

@@ -40,7 +40,7 @@ from normfuse.checks import (
 )
 from normfuse.errors import InputFormatError, SchemaError
 
-__all__ = ["scrub_phi", "NoteEmbedder", "PHI_TYPES", "MINILM_SHA256"]
+__all__ = ["scrub_phi", "NoteEmbedder", "load_minilm", "PHI_TYPES", "MINILM_SHA256"]
 
 log = get_logger("features.notes")
 
