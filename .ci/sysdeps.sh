@@ -3,7 +3,11 @@
 # Each entry: <command that proves presence> <package>.
 set -uo pipefail
 need=()
-check() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
+# a probe containing "/" is a path glob (e.g. /usr/lib/postgresql/*/bin/initdb), else a command
+check() {
+  if [[ "$1" == */* ]]; then compgen -G "$1" >/dev/null || need+=("$2")
+  else command -v "$1" >/dev/null 2>&1 || need+=("$2"); fi
+}
 # (entries are added as the stages that need them land)
 [ -f .ci/sysdeps.list ] && while read -r cmd pkg; do
   [ -n "${cmd:-}" ] && [ "${cmd:0:1}" != "#" ] && check "$cmd" "$pkg"

