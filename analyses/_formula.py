@@ -135,4 +135,5 @@ def design(formula: str, data: pd.DataFrame, who: str, missing: str = "drop",
         y, X = patsy.dmatrices(formula, d, return_type="dataframe", NA_action="raise")
     except patsy.PatsyError as exc:
         raise ColumnContractError(f"{who}: could not build the design from {formula!r}: {exc}") from exc
+    X = X.rename(columns=lambda c: re.sub(r"Q\(['\"]([^'\"]+)['\"]\)", r"\1", str(c)))
     return y.iloc[:, 0], X, d
