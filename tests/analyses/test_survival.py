@@ -134,8 +134,10 @@ def test_cox_matches_independent_implementations(lung):
 def test_counting_process_split_equals_unsplit(lung):
     """Splitting follow-up into (start, stop] pieces leaves the Cox fit unchanged (R semantics)."""
     d = lung.assign(id=np.arange(len(lung)))
+    ev = np.sort(lung.loc[lung["status"] == 2, "time"].unique())
+    c1, c2 = float(ev[40]), float(ev[80])      # cut exactly at event times: tests (start, stop]
     parts = []
-    for a, b in [(0, 100), (100, 300), (300, np.inf)]:
+    for a, b in [(0.0, c1), (c1, c2), (c2, np.inf)]:
         s = d.loc[d["time"] > a].copy()
         s["tstart"] = float(a)
         s["tstop"] = np.minimum(s["time"], b)
