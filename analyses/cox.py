@@ -317,6 +317,12 @@ class PHTestResult(ResultMixin):
     def _header_lines(self) -> list[str]:
         return [self.test]
 
+    def plot(self, ax=None, **kwargs):
+        """Chi-square per term with the 5 % critical value (see :func:`analyses.plotting.chisq_plot`)."""
+        from analyses.plotting import chisq_plot
+
+        return chisq_plot(self, ax=ax, **kwargs)
+
 
 def ph_test(cox: CoxResult, transform: Literal["km", "rank", "identity", "log"] = "km") -> PHTestResult:
     """Test proportional hazards with the score test of R's ``cox.zph`` (survival >= 3.0).
@@ -347,10 +353,14 @@ def ph_test(cox: CoxResult, transform: Literal["km", "rank", "identity", "log"] 
             i = np.searchsorted(times, tt, side="left")      # times strictly below tt
             return 1.0 - np.concatenate([[1.0], s])[i]
     elif transform == "rank":
-        dt = np.sort(t_all[e_all == 1])
+        from scipy.stats import rankdata
+
+        deaths = t_all[e_all == 1]
+        u, inv = np.unique(deaths, return_inverse=True)
+        avg = np.bincount(inv, rankdata(deaths)) / np.bincount(inv)   # R: rank(times), ties averaged
+
         def g(tt):
-            from scipy.stats import rankdata
-            return np.interp(tt, dt, rankdata(dt))
+            return avg[np.searchsorted(u, tt)]
     elif transform == "log":
         g = np.log
     else:

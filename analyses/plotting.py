@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["forest_plot", "km_plot", "balance_plot"]
+__all__ = ["forest_plot", "km_plot", "balance_plot", "observed_expected_plot", "chisq_plot"]
 
 
 def _axes(ax, figsize=(6, 4)):
@@ -107,4 +107,36 @@ def balance_plot(result, ax=None, threshold: float = 0.1):
     ax.set_yticklabels([str(i) for i in b.index])
     ax.set_xlabel("|standardised mean difference|")
     ax.legend(frameon=False)
+    return ax
+
+
+def observed_expected_plot(result, ax=None):
+    """Grouped bars of observed and expected events per group of a log-rank test."""
+    ax = _axes(ax)
+    tab = result.table
+    x = np.arange(len(tab))
+    ax.bar(x - 0.2, tab["observed"].to_numpy(float), width=0.4, color="C0", label="observed")
+    ax.bar(x + 0.2, tab["expected"].to_numpy(float), width=0.4, color="C1", label="expected")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(i) for i in tab.index])
+    ax.set_ylabel("events" + (" (weighted)" if result.rho else ""))
+    ax.set_title(f"{result.test}: chisq {result.chisq:.3g} on {result.df} df, p = {result.p:.3g}")
+    ax.legend(frameon=False)
+    return ax
+
+
+def chisq_plot(result, ax=None, level: float = 0.05):
+    """Horizontal bars of each term's chi-square with its critical value marked."""
+    from scipy import stats
+
+    ax = _axes(ax)
+    tab = result.table
+    y = np.arange(len(tab))[::-1]
+    ax.barh(y, tab["chisq"].to_numpy(float), color="C0")
+    for yy, df in zip(y, tab["df"]):
+        crit = stats.chi2.ppf(1 - level, df)
+        ax.plot([crit, crit], [yy - 0.4, yy + 0.4], color="C3", lw=2)
+    ax.set_yticks(y)
+    ax.set_yticklabels([str(i) for i in tab.index])
+    ax.set_xlabel(f"chi-square (red: {1 - level:.0%} critical value)")
     return ax

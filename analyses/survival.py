@@ -310,6 +310,12 @@ class LogRankResult(ResultMixin):
     def _header_lines(self) -> list[str]:
         return [f"{self.test}: chisq = {self.chisq:.4g} on {self.df} df, p = {self.p:.4g}"]
 
+    def plot(self, ax=None, **kwargs):
+        """Observed versus expected events per group (see :func:`analyses.plotting.observed_expected_plot`)."""
+        from analyses.plotting import observed_expected_plot
+
+        return observed_expected_plot(self, ax=ax, **kwargs)
+
 
 def logrank(data: pd.DataFrame, duration: str, event: str, group: str, rho: float = 0.0,
             missing: Literal["drop", "raise"] = "drop") -> LogRankResult:

@@ -92,4 +92,11 @@ def test_plots_draw_expected_artists(cohort, rng):
     assert len(ax.get_lines()) == 3 and len(ax.get_yticklabels()) == 4
     html = m._repr_html_()
     assert "<table" in html and "smd_after" in html
+    from analyses.cox import ph_test
+    from analyses.survival import logrank
+
+    ax = logrank(pat, "time_cdp", "event_cdp", "high_risk").plot()
+    assert len(ax.patches) == 4 and "log-rank" in ax.get_title()
+    ax = ph_test(cox).plot()
+    assert len(ax.patches) == 3 and len(ax.get_lines()) == 3
     plt.close("all")

@@ -203,3 +203,42 @@ def test_endpoint_extraction_and_event_after_censoring():
         endpoint(bad, "cdp")
     with pytest.raises(ColumnContractError, match=r"Missing: \['time_relapse'"):
         endpoint(c, "relapse")
+
+
+def test_cox_strata_matches_lifelines(lung):
+    """A stratified Cox fit (strata(sex)) equals lifelines' stratified fit at tight precision."""
+    from lifelines import CoxPHFitter
+
+    d = lung[["time", "status", "age", "sex", "ph.ecog"]].dropna().assign(status=lambda x: x["status"] - 1)
+    cp = CoxPHFitter().fit(d, "time", "status", strata=["sex"],
+                           fit_options=dict(precision=1e-14, r_precision=1e-15))
+    res = fit_cox(["age", "ph.ecog"], d, "time", "status", strata="sex")
+    assert_allclose(res.params["coef"], cp.params_.loc[["age", "ph.ecog"]].to_numpy(), rtol=1e-6)
+    assert_allclose(res.params["se"], cp.standard_errors_.loc[["age", "ph.ecog"]].to_numpy(), rtol=1e-5)
+
+
+def test_ph_test_identity_equals_slow_augmented_score(ovarian):
+    """With g(t) = t the global test equals a slow score test on the x*t-augmented model."""
+    from analyses.cox import _CoxData, _loglik_grad_info
+
+    cox = fit_cox(["age", "ecog.ps"], ovarian, "futime", "fustat", ties="breslow")
+    fast = ph_test(cox, transform="identity").table.loc["GLOBAL", "chisq"]
+    # slow: split follow-up at every death time, add x * t(death) as time-varying covariates
+    t, e = ovarian["futime"].to_numpy(float), ovarian["fustat"].to_numpy(float)
+    X = ovarian[["age", "ecog.ps"]].to_numpy(float)
+    X = X - X.mean(0)
+    rows = []
+    deaths = np.unique(t[e == 1])
+    for i in range(len(t)):
+        lo = 0.0
+        for dtime in deaths[deaths <= t[i]]:
+            rows.append((lo, dtime, float(e[i] == 1 and dtime == t[i]), *X[i], *(X[i] * dtime)))
+            lo = dtime
+        if lo < t[i]:
+            rows.append((lo, t[i], 0.0, *X[i], *(X[i] * t[i])))
+    a = np.array(rows)
+    cd = _CoxData(a[:, 3:], a[:, 1], a[:, 2], a[:, 0])
+    beta = np.r_[cox.params["coef"].to_numpy(), 0.0, 0.0]
+    _, U, I = _loglik_grad_info([cd], beta, efron=False)
+    assert_allclose(fast, U @ np.linalg.solve(I, U), rtol=1e-8)
+    assert ph_test(cox, transform="rank").table.shape == (3, 3)
