@@ -38,8 +38,9 @@ class MixedModelResult(ResultMixin):
     Attributes
     ----------
     params : DataFrame
-        Fixed effects: coef, se, z, p, ci_low, ci_high (Wald, normal reference; lme4
-        prints no p-values, the z column equals its "t value").
+        Fixed effects: coef, se, df, t, p, ci_low, ci_high with Satterthwaite df (lmerTest;
+        the default) or coef, se, z, p, ci_low, ci_high (``ddf="normal"``). The t/z
+        column equals lme4's "t value".
     variance : DataFrame
         Variance components (rows ``Intercept``, the slope, ``Residual``): variance, sd;
         plus ``cov`` and ``corr`` of intercept and slope when correlated.
@@ -148,6 +149,72 @@ def _profiled(theta, D: _LMMData, correlated, reml, full=False):
     return dev
 
 
+def _deviance_sigma(phi, D: _LMMData, correlated, reml):
+    """-2 log-likelihood (REML or ML) at theta = phi[:-1] and sigma = phi[-1] (not profiled)."""
+    theta, sigma = phi[:-1], phi[-1]
+    L = _lambda(theta, D.q, correlated)
+    A = np.einsum("ji,gjk,kl->gil", L, D.ZZ, L) + np.eye(D.q)
+    logdet = np.linalg.slogdet(A)[1].sum()
+    LZX = np.einsum("ji,gjk->gik", L, D.ZX)
+    LZy = np.einsum("ji,gj->gi", L, D.Zy)
+    sx = np.linalg.solve(A, LZX)
+    sy = np.linalg.solve(A, LZy[..., None])[..., 0]
+    P = D.XX - np.einsum("gip,gik->pk", LZX, sx)
+    c = D.Xy - np.einsum("gip,gi->p", LZX, sy)
+    s = D.yy - np.einsum("gi,gi->", LZy, sy)
+    r2 = s - c @ np.linalg.solve(P, c)
+    s2 = sigma ** 2
+    if reml:
+        return (logdet + np.linalg.slogdet(P)[1] + (D.n - D.p) * np.log(2 * np.pi * s2) + r2 / s2)
+    return logdet + D.n * np.log(2 * np.pi * s2) + r2 / s2
+
+
+def _vcov_beta(phi, D, correlated):
+    theta, sigma = phi[:-1], phi[-1]
+    L = _lambda(theta, D.q, correlated)
+    A = np.einsum("ji,gjk,kl->gil", L, D.ZZ, L) + np.eye(D.q)
+    LZX = np.einsum("ji,gjk->gik", L, D.ZX)
+    P = D.XX - np.einsum("gip,gik->pk", LZX, np.linalg.solve(A, LZX))
+    return sigma ** 2 * np.linalg.inv(P)
+
+
+def _satterthwaite(theta, sigma2, D, correlated, reml, h=1e-4):
+    """Satterthwaite denominator df per fixed effect (lmerTest's method).
+
+    df_j = 2 V_j^2 / (g_j' A g_j) with V_j = Var(beta_j), g_j its gradient in the
+    variance parameters (theta, sigma) and A = 2 H^-1 their asymptotic covariance, H the
+    Hessian of the deviance; derivatives by central differences.
+    """
+    phi = np.r_[theta, np.sqrt(sigma2)]
+    k = phi.size
+    E = np.eye(k) * h * np.maximum(1.0, np.abs(phi))
+    f0 = _deviance_sigma(phi, D, correlated, reml)
+    H = np.zeros((k, k))
+    for i in range(k):
+        for j in range(i + 1):
+            if i == j:
+                H[i, i] = (_deviance_sigma(phi + E[i], D, correlated, reml) - 2 * f0
+                           + _deviance_sigma(phi - E[i], D, correlated, reml)) / E[i, i] ** 2
+            else:
+                H[i, j] = H[j, i] = (
+                    _deviance_sigma(phi + E[i] + E[j], D, correlated, reml)
+                    - _deviance_sigma(phi + E[i] - E[j], D, correlated, reml)
+                    - _deviance_sigma(phi - E[i] + E[j], D, correlated, reml)
+                    + _deviance_sigma(phi - E[i] - E[j], D, correlated, reml)) / (4 * E[i, i] * E[j, j])
+    try:
+        Acov = 2 * np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return np.full(D.p, np.nan)
+    V0 = np.diag(_vcov_beta(phi, D, correlated))
+    G = np.empty((k, D.p))
+    for i in range(k):
+        G[i] = (np.diag(_vcov_beta(phi + E[i], D, correlated))
+                - np.diag(_vcov_beta(phi - E[i], D, correlated))) / (2 * E[i, i])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = 2 * V0 ** 2 / np.einsum("ip,ij,jp->p", G, Acov, G)
+    return np.where(np.isfinite(df) & (df > 0), df, np.nan)
+
+
 def _optimise(D, correlated, reml):
     from scipy.optimize import minimize
 
@@ -216,6 +283,7 @@ def _optimise(D, correlated, reml):
 
 def fit_mixed(formula: str, data: pd.DataFrame, group: str, random_slope: str | None = None,
               correlated: bool = True, reml: bool = True,
+              ddf: Literal["satterthwaite", "normal"] = "satterthwaite",
               missing: Literal["drop", "raise"] = "drop") -> MixedModelResult:
     """Fit a linear mixed model with a random intercept (and optionally a random slope).
 
@@ -234,6 +302,10 @@ def fit_mixed(formula: str, data: pd.DataFrame, group: str, random_slope: str | 
         Correlated intercept and slope (``|``); False gives independent ones (``||``).
     reml : bool
         REML (lme4's default) or ML (use ML to compare models differing in fixed effects).
+    ddf : {"satterthwaite", "normal"}
+        Reference distribution of the fixed-effect tests and CIs: t with Satterthwaite
+        degrees of freedom (lmerTest's default; column ``df``) or the standard normal
+        (Wald z, as statsmodels). lme4 itself prints no p-values.
 
     Returns
     -------
@@ -293,7 +365,15 @@ def fit_mixed(formula: str, data: pd.DataFrame, group: str, random_slope: str | 
     dev, beta, sigma2, P, L = _profiled(theta, D, correlated, reml, full=True)
     vcov = sigma2 * np.linalg.inv(P)
     se = np.sqrt(np.diag(vcov))
-    params = wald_table(X.columns, beta, se)
+    if ddf not in ("satterthwaite", "normal"):
+        raise ValueError(f"{who}: ddf={ddf!r}; expected 'satterthwaite' or 'normal'.")
+    if ddf == "satterthwaite":
+        # Richardson extrapolation of the central differences (as numDeriv, which lmerTest uses)
+        df1 = _satterthwaite(theta, sigma2, D, correlated, reml, h=1e-3)
+        df2 = _satterthwaite(theta, sigma2, D, correlated, reml, h=2e-3)
+        params = _t_table(X.columns, beta, se, (4 * df1 - df2) / 3)
+    else:
+        params = wald_table(X.columns, beta, se)
     Sigma = sigma2 * (L @ L.T)
     names = ["Intercept"] + ([random_slope] if random_slope else [])
     var = pd.DataFrame({"variance": np.r_[np.diag(Sigma), sigma2]},
@@ -331,6 +411,19 @@ def fit_mixed(formula: str, data: pd.DataFrame, group: str, random_slope: str | 
                       "warnings.filterwarnings('ignore', category=ConvergenceWarning).",
                       ConvergenceWarning, stacklevel=2)
     return res
+
+
+def _t_table(names, coef, se, df) -> pd.DataFrame:
+    """coef, se, df, t, p, ci_low, ci_high with t(df) reference (normal where df is NaN)."""
+    from scipy import stats
+
+    coef, se, df = (np.asarray(v, float) for v in (coef, se, df))
+    t = coef / se
+    dfx = np.where(np.isfinite(df), df, np.inf)
+    q = stats.t.ppf(0.975, dfx)
+    return pd.DataFrame({"coef": coef, "se": se, "df": df, "t": t, "p": 2 * stats.t.sf(np.abs(t), dfx),
+                         "ci_low": coef - q * se, "ci_high": coef + q * se},
+                        index=pd.Index([str(n) for n in names], name="term"))
 
 
 @dataclass(frozen=True)

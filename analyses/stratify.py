@@ -206,7 +206,7 @@ def evaluate_rule(rule: DeviationRule, data: pd.DataFrame, endpoints: Sequence[s
         t = lmm.params.loc[term]
         rows.append({"analysis": f"{outcome}: extra change per {time} (high vs low)",
                      "estimate": t["coef"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
-                     "p": t["p"], "statistic": t["z"], "p_logrank": np.nan,
+                     "p": t["p"], "statistic": t["t"] if "t" in t.index else t["z"], "p_logrank": np.nan,
                      "n_high": int(v.loc[v["high_risk"] == 1, visit_id].nunique()),
                      "n_low": int(v.loc[v["high_risk"] == 0, visit_id].nunique()),
                      "events_high": np.nan, "events_low": np.nan})

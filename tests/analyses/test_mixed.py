@@ -35,6 +35,21 @@ def test_sleepstudy_reml_correlated(sleep):
     assert res.converged and not res.boundary and res.n_groups == 18
 
 
+def test_satterthwaite_df_balanced_design(sleep):
+    """Satterthwaite df equal the exact balanced-design values lmerTest prints (17, 17; 161)."""
+    # summary(lmerTest::lmer(Reaction ~ Days + (Days | Subject), sleepstudy)): df 17.000, 17.000;
+    # Pr(>|t|) for Days 3.26e-06. Balanced design: the tests reduce to one-sample t on
+    # per-subject fits, so df = 18 - 1 exactly.
+    res = fit_mixed("Reaction ~ Days", sleep, group="Subject", random_slope="Days")
+    assert_allclose(res.params["df"], [17.0, 17.0], atol=5e-4)
+    assert_allclose(res.params.loc["Days", "p"], 3.26e-06, atol=5e-9)
+    # lmer(Reaction ~ Days + (1 | Subject)): the within-subject Days effect has df = 180 - 18 - 1
+    ri = fit_mixed("Reaction ~ Days", sleep, group="Subject")
+    assert_allclose(ri.params.loc["Days", "df"], 161.0, atol=5e-4)
+    z = fit_mixed("Reaction ~ Days", sleep, group="Subject", ddf="normal")
+    assert "z" in z.params.columns and "df" not in z.params.columns
+
+
 def test_sleepstudy_ml(sleep):
     """ML refit (REML = FALSE): logLik, AIC, BIC and deviance equal lme4."""
     res = fit_mixed("Reaction ~ Days", sleep, group="Subject", random_slope="Days", reml=False)
