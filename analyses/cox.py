@@ -90,25 +90,27 @@ def _pieces(cd: _CoxData, beta, efron: bool, need_info: bool = True):
 
 
 def _loglik_grad_info(cds, beta, efron):
-    ll, U, I = 0.0, 0.0, 0.0
+    ll, U, info = 0.0, 0.0, 0.0
     for cd in cds:
-        l, M1, V = _pieces(cd, beta, efron)
-        ll += l
+        ll_s, M1, V = _pieces(cd, beta, efron)
+        ll += ll_s
         U = U + (cd.X[cd.death] - M1).sum(0)
-        I = I + V.sum(0)
-    return ll, U, I
+        info = info + V.sum(0)
+    return ll, U, info
 
 
 def _newton(cds, p, efron, maxiter=50, tol=1e-13):
     beta = np.zeros(p)
-    ll, U, I = _loglik_grad_info(cds, beta, efron)
-    ll0, U0, I0 = ll, U, I
+    ll, U, info = _loglik_grad_info(cds, beta, efron)
+    ll0, U0, info0 = ll, U, info
     converged = False
-    for it in range(maxiter):
+    it = 0
+    while it < maxiter:
+        it += 1
         try:
-            step = np.linalg.solve(I, U)
+            step = np.linalg.solve(info, U)
         except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(I, U, rcond=None)[0]
+            step = np.linalg.lstsq(info, U, rcond=None)[0]
         half = 0
         while True:
             nb = beta + step
@@ -118,11 +120,11 @@ def _newton(cds, p, efron, maxiter=50, tol=1e-13):
             step = step / 2
             half += 1
         done = abs(nll - ll) <= tol * max(1.0, abs(ll)) and np.max(np.abs(step)) < 1e-9
-        beta, ll, U, I = nb, nll, nU, nI
+        beta, ll, U, info = nb, nll, nU, nI
         if done:
             converged = True
             break
-    return beta, ll, U, I, ll0, U0, I0, converged, it + 1
+    return beta, ll, U, info, ll0, U0, info0, converged, it
 
 
 def _concordance(t, e, risk, chunk=2048):
@@ -253,25 +255,25 @@ def fit_cox(formula_or_columns: str | Sequence[str], data: pd.DataFrame, duratio
     cds = [_CoxData(Ac[keys == k], t[keys == k], e[keys == k], None if st is None else st[keys == k])
            for k in pd.unique(pd.Series(keys))]
     efron = ties == "efron"
-    beta, ll, U, I, ll0, U0, I0, conv, it = _newton(cds, A.shape[1], efron, maxiter)
+    beta, ll, U, info, ll0, U0, info0, conv, it = _newton(cds, A.shape[1], efron, maxiter)
     if not conv or np.max(np.abs(beta)) > 20:
         warnings.warn(f"{who}: the partial likelihood did not converge in {it} iterations or a "
                       f"coefficient is infinite (|beta| = {np.max(np.abs(beta)):.3g}); this is "
                       "usually monotone likelihood (separation: a covariate level with no events). "
                       "Remove or merge that level.", ConvergenceWarning, stacklevel=2)
     try:
-        vcov = np.linalg.inv(I)
+        vcov = np.linalg.inv(info)
     except np.linalg.LinAlgError:
-        vcov = np.linalg.pinv(I)
+        vcov = np.linalg.pinv(info)
     se = np.sqrt(np.diag(vcov))
     params = wald_table(X.columns, beta, se, exp="hr")
-    score = float(U0 @ np.linalg.lstsq(I0, U0, rcond=None)[0])
+    score = float(U0 @ np.linalg.lstsq(info0, U0, rcond=None)[0])
     conc = np.nan
     if st is None:
         conc = _concordance(t, e, Ac @ beta)
     return CoxResult(
         params=params, formula=f"Surv({duration}, {event}) ~ {rhs.strip()}", ties=ties,
-        loglik=(ll0, ll), lr_test=2 * (ll - ll0), wald_test=float(beta @ I @ beta),
+        loglik=(ll0, ll), lr_test=2 * (ll - ll0), wald_test=float(beta @ info @ beta),
         score_test=score, df=A.shape[1], concordance=conc, n_obs=len(d), n_events=int(e.sum()),
         converged=conv, iterations=it, vcov=vcov,
         _fit={"cds": cds, "beta": beta, "efron": efron, "t": t, "e": e, "start": st,

@@ -16,7 +16,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from normfuse.checks import check_numeric, get_logger, log_dropped, require_columns, require_dataframe
+from normfuse.checks import (
+    check_numeric,
+    get_logger,
+    log_dropped,
+    require_columns,
+    require_dataframe,
+)
 from normfuse.errors import ColumnContractError, DataDroppedWarning
 from normfuse.results import ResultMixin
 
@@ -221,7 +227,7 @@ def match_controls(patients: pd.DataFrame, controls: pd.DataFrame,
     rows = []
     names = list(on) + ["distance"]
     Xp2, Xc2 = np.column_stack([Xp, ep]), np.column_stack([Xc, ec])
-    for j, n in enumerate(names):
+    for j in range(len(names)):
         sd = np.sqrt((np.var(Xp2[:, j], ddof=1) + np.var(Xc2[:, j], ddof=1)) / 2)
         after_c = Xc2[ci, j] if len(ci) else np.array([np.nan])
         after_p = Xp2[pi, j] if len(pi) else np.array([np.nan])

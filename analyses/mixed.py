@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analyses._common import bh_fdr, wald_table
-from analyses._formula import complete_cases, design, drop_aliased
+from analyses._formula import design, drop_aliased
 from normfuse.checks import check_numeric, get_logger, require_columns
 from normfuse.errors import ColumnContractError, ConvergenceWarning
 from normfuse.results import ResultMixin

@@ -89,7 +89,7 @@ def km_plot(result, ax=None, at_risk: bool = True, ci: bool = True, n_ticks: int
             yoff = -0.3 - 0.08 * k
             ax.text(-0.02, yoff, str(g) if result.group else "all", transform=ax.transAxes,
                     ha="right", fontsize=8, color=f"C{k}")
-            for tt, n in zip(r["time"], r["n_risk"]):
+            for tt, n in zip(r["time"], r["n_risk"], strict=True):
                 ax.text(tt, yoff, str(int(n)), transform=trans, ha="center", fontsize=8,
                         color=f"C{k}", gid="at_risk")
     return ax
@@ -133,7 +133,7 @@ def chisq_plot(result, ax=None, level: float = 0.05):
     tab = result.table
     y = np.arange(len(tab))[::-1]
     ax.barh(y, tab["chisq"].to_numpy(float), color="C0")
-    for yy, df in zip(y, tab["df"]):
+    for yy, df in zip(y, tab["df"], strict=True):
         crit = stats.chi2.ppf(1 - level, df)
         ax.plot([crit, crit], [yy - 0.4, yy + 0.4], color="C3", lw=2)
     ax.set_yticks(y)

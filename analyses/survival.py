@@ -14,7 +14,6 @@ Cohort endpoint columns (years from the index date)
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal

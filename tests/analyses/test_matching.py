@@ -41,7 +41,7 @@ def test_greedy_hand_case():
     c = pd.DataFrame({"age": [60.6, 40.0, 20.0]}, index=["x", "y", "z"])
     res = match_controls(p, c, on=("age",))
     # the logit increases with age: b (61, larger score) picks x (60.6) first, a gets y (40)
-    assert dict(zip(res.pairs["patient_id"], res.pairs["control_id"])) == {"a": "y", "b": "x"}
+    assert dict(zip(res.pairs["patient_id"], res.pairs["control_id"], strict=True)) == {"a": "y", "b": "x"}
 
 
 def test_caliper_leaves_patients_unmatched():

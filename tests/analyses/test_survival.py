@@ -239,6 +239,6 @@ def test_ph_test_identity_equals_slow_augmented_score(ovarian):
     a = np.array(rows)
     cd = _CoxData(a[:, 3:], a[:, 1], a[:, 2], a[:, 0])
     beta = np.r_[cox.params["coef"].to_numpy(), 0.0, 0.0]
-    _, U, I = _loglik_grad_info([cd], beta, efron=False)
-    assert_allclose(fast, U @ np.linalg.solve(I, U), rtol=1e-8)
+    _, U, info = _loglik_grad_info([cd], beta, efron=False)
+    assert_allclose(fast, U @ np.linalg.solve(info, U), rtol=1e-8)
     assert ph_test(cox, transform="rank").table.shape == (3, 3)
