@@ -134,6 +134,9 @@ def design(formula: str, data: pd.DataFrame, who: str, missing: str = "drop",
     try:
         y, X = patsy.dmatrices(formula, d, return_type="dataframe", NA_action="raise")
     except patsy.PatsyError as exc:
-        raise ColumnContractError(f"{who}: could not build the design from {formula!r}: {exc}") from exc
+        raise ColumnContractError(
+            f"{who}: could not build the design from {formula!r}: {exc}\n"
+            f"Columns of data: {list(map(str, data.columns))[:30]}. Names with '-' or spaces "
+            "must be quoted as Q(\"Left-Thalamus\").") from exc
     X = X.rename(columns=lambda c: re.sub(r"Q\(['\"]([^'\"]+)['\"]\)", r"\1", str(c)))
     return y.iloc[:, 0], X, d

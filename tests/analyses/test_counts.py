@@ -149,3 +149,10 @@ def test_missing_rows_counted_and_input_untouched():
     pd.testing.assert_frame_equal(d, before)
     with pytest.raises(ColumnContractError, match=r"'x' is missing at row 1"):
         fit_counts("y ~ x", d, missing="raise")
+
+
+def test_unknown_column_in_formula_named():
+    """A formula term that is not a column raises a ColumnContractError listing the columns."""
+    d = pd.DataFrame({"y": [1, 2, 0, 3], "x": [0.1, 0.2, 0.3, 0.4]})
+    with pytest.raises(ColumnContractError, match=r"(?s)nonexistent.*Columns of data: \['y', 'x'\]"):
+        fit_counts("y ~ nonexistent", d)
