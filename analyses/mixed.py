@@ -232,7 +232,7 @@ def _optimise(D, correlated, reml):
     best = None
     for start in (x0, x0 * 0.3):
         r = minimize(f, start, method="L-BFGS-B", bounds=bounds,
-                     options=dict(ftol=1e-15, gtol=1e-10, maxiter=500))
+                     options=dict(ftol=1e-12, gtol=1e-7, maxiter=500))
         if best is None or r.fun < best.fun:
             best = r
         if best.success:
