@@ -84,6 +84,10 @@ def _nb_loglik(y, mu, theta):
                         + y * np.log(mu + (y == 0)) - (theta + y) * np.log(theta + mu)))
 
 
+#: theta above which counts are treated as not overdispersed (NB -> Poisson)
+THETA_MAX = 1e6
+
+
 def theta_ml(y, mu, theta0: float | None = None, maxiter: int = 50, tol: float = 1e-10):
     """ML estimate of the NB shape theta given means ``mu`` (``MASS::theta.ml``).
 
@@ -106,6 +110,9 @@ def theta_ml(y, mu, theta0: float | None = None, maxiter: int = 50, tol: float =
                       - (y + t) / (mu + t) ** 2)
 
     for _ in range(maxiter):
+        if th > THETA_MAX:           # no overdispersion: the MLE is at theta = infinity
+            th = THETA_MAX
+            break
         s, i = score(th), info(th)
         # Newton in log-theta: d/dlog = t*s ; d2 ~ -t^2*i + t*s
         g = th * s
@@ -227,6 +234,8 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
             for _ in range(maxiter):
                 r = glm(sm.families.NegativeBinomial(alpha=1 / th), r.params)
                 th, th_se, ok = theta_ml(y, r.fittedvalues, th)
+                if th >= THETA_MAX:
+                    break
                 ll = _nb_loglik(y, r.fittedvalues, th)
                 if abs(ll - ll_old) < 1e-11 * max(1, abs(ll)):
                     break
@@ -240,7 +249,14 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
         k = p + (0 if theta is not None else 1)
         null = sm.GLM(y, np.ones((n, 1)), family=sm.families.NegativeBinomial(alpha=1 / th),
                       offset=off).fit(tol=1e-12)
-    if not converged:
+    if family == "negbin" and theta is None and th >= THETA_MAX:
+        converged = False
+        th_se = np.nan
+        warnings.warn(f"{who}: the counts show no overdispersion (theta -> infinity, stopped at "
+                      f"{THETA_MAX:g}); the negative binomial reduces to the Poisson model. Use "
+                      "family='poisson', or fix theta (e.g. theta=1 as in the published analysis).",
+                      ConvergenceWarning, stacklevel=2)
+    elif not converged:
         warnings.warn(f"{who}: the {family} fit did not converge in {maxiter} iterations; "
                       "estimates may be unreliable (check for sparse levels or extreme counts).",
                       ConvergenceWarning, stacklevel=2)

@@ -9,7 +9,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from analyses.counts import fit_counts, theta_ml
-from normfuse.errors import ColumnContractError, DataDroppedWarning
+from normfuse.errors import ColumnContractError, ConvergenceWarning, DataDroppedWarning
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +156,14 @@ def test_unknown_column_in_formula_named():
     d = pd.DataFrame({"y": [1, 2, 0, 3], "x": [0.1, 0.2, 0.3, 0.4]})
     with pytest.raises(ColumnContractError, match=r"(?s)nonexistent.*Columns of data: \['y', 'x'\]"):
         fit_counts("y ~ nonexistent", d)
+
+
+def test_underdispersed_counts_warn_and_reduce_to_poisson(rng):
+    """Binomial (underdispersed) counts: theta -> infinity is reported, the fit equals Poisson."""
+    d = pd.DataFrame({"y": rng.binomial(4, 0.5, 300), "x": rng.normal(size=300)})
+    with pytest.warns(ConvergenceWarning, match="no overdispersion"):
+        nb = fit_counts("y ~ x", d, family="negbin")
+    po = fit_counts("y ~ x", d)
+    assert not nb.converged and nb.theta >= 1e6
+    assert_allclose(nb.params["coef"], po.params["coef"], atol=1e-5)
+    assert_allclose(nb.twice_loglik, po.twice_loglik, atol=1e-2)
