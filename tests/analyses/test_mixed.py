@@ -132,3 +132,18 @@ def test_regional_models_find_planted_region(rng):
     pd.testing.assert_frame_equal(d, before)
     ols = fit_regional(d.loc[np.arange(0, len(d), n_vis)], regs, "edss ~ {region}")
     assert ols.model == "OLS" and ols.summary().loc["Left-Thalamus", "p_fdr"] < 0.01
+
+
+def test_singleton_groups_kept_and_logged(rng, caplog):
+    """Groups with one observation are kept (as lme4) and their number is logged."""
+    import logging
+
+    n_g = 30
+    ids = np.r_[np.repeat(np.arange(n_g), 3), np.arange(n_g, n_g + 5)]
+    u = rng.normal(0, 1, n_g + 5)
+    d = pd.DataFrame({"id": ids, "x": rng.normal(size=ids.size)})
+    d["y"] = 1 + 0.5 * d["x"] + u[ids] + rng.normal(0, 0.5, ids.size)
+    with caplog.at_level(logging.INFO, logger="normfuse"):
+        res = fit_mixed("y ~ x", d, group="id")
+    assert res.n_groups == n_g + 5 and res.n_obs == ids.size
+    assert "5 of 35 groups" in caplog.text

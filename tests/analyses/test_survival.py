@@ -242,3 +242,16 @@ def test_ph_test_identity_equals_slow_augmented_score(ovarian):
     _, U, info = _loglik_grad_info([cd], beta, efron=False)
     assert_allclose(fast, U @ np.linalg.solve(info, U), rtol=1e-8)
     assert ph_test(cox, transform="rank").table.shape == (3, 3)
+
+
+def test_km_loglog_equals_lifelines(lung):
+    """Our conf_type='log-log' interval equals lifelines' default KM interval."""
+    from lifelines import KaplanMeierFitter
+
+    d = lung.assign(dead=(lung["status"] == 2).astype(int))
+    km = kaplan_meier(d, "time", "dead", conf_type="log-log")
+    kl = KaplanMeierFitter().fit(d["time"], d["dead"])
+    ci = kl.confidence_interval_.reindex(km.table["time"].to_numpy())
+    ok = km.table["surv"].to_numpy() < 1
+    assert_allclose(km.table["ci_low"].to_numpy()[ok], ci.iloc[:, 0].to_numpy()[ok], rtol=1e-6)
+    assert_allclose(km.table["ci_high"].to_numpy()[ok], ci.iloc[:, 1].to_numpy()[ok], rtol=1e-6)
