@@ -220,9 +220,10 @@ def match_controls(patients: pd.DataFrame, controls: pd.DataFrame,
     pairs = pd.DataFrame({"patient_id": pid[pi].to_numpy(), "control_id": cid[ci].to_numpy(),
                           "distance": np.abs(ep[pi] - ec[ci]), "pair": np.arange(len(pi))})
     if unmatched:
-        log_dropped(_log, len(unmatched), "patients", f"{who}: no control within the caliper")
-        warnings.warn(f"{who}: {len(unmatched)} of {len(ep)} patients have no control within the "
-                      f"caliper ({caliper} SD) and stay unmatched: {unmatched[:10]}.",
+        log_dropped(_log, len(unmatched), "patients", f"{who}: no control left or none within the caliper")
+        why = "no control left" if caliper is None else f"no control within the caliper ({caliper} SD)"
+        warnings.warn(f"{who}: {len(unmatched)} of {len(ep)} patients have {why} and stay "
+                      f"unmatched: {unmatched[:10]}.",
                       DataDroppedWarning, stacklevel=2)
     rows = []
     names = list(on) + ["distance"]

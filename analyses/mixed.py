@@ -542,7 +542,12 @@ def fit_regional(data: pd.DataFrame, regions: Sequence[str], formula: str = "eds
         tmp = data.assign(__region__=pd.to_numeric(data[reg], errors="coerce"))
         if standardize:
             v = tmp["__region__"]
-            tmp = tmp.assign(__region__=(v - v.mean()) / v.std(ddof=1))
+            sd = v.std(ddof=1)
+            if not np.isfinite(sd) or sd == 0:
+                raise ColumnContractError(
+                    f"{who}: region {reg!r} is constant or non-numeric (SD {sd!r}); it cannot be "
+                    "standardised. Drop it from regions.")
+            tmp = tmp.assign(__region__=(v - v.mean()) / sd)
         f = formula.replace("{region}", "__region__")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)

@@ -130,6 +130,8 @@ def test_regional_models_find_planted_region(rng):
     assert t.loc["Left-Thalamus", "p_fdr"] < 1e-6 and t.loc["Left-Thalamus", "coef"] < 0
     assert (t["p_fdr"] >= t["p"]).all()
     pd.testing.assert_frame_equal(d, before)
+    with pytest.raises(ColumnContractError, match="region 'flat' is constant"):
+        fit_regional(d.assign(flat=1.0), ["flat"], "edss ~ {region}")
     ols = fit_regional(d.loc[np.arange(0, len(d), n_vis)], regs, "edss ~ {region}")
     assert ols.model == "OLS" and ols.summary().loc["Left-Thalamus", "p_fdr"] < 0.01
 
