@@ -56,6 +56,8 @@ class CountModelResult(ResultMixin):
     df_resid: int
     n_obs: int
     converged: bool
+    pearson_chi2: float = float("nan")
+    dispersion: str = "model"
     aliased: tuple[str, ...] = field(default_factory=tuple)
     _title = "Count model (log link)"
 
@@ -144,6 +146,7 @@ def _check_separation(y, X: pd.DataFrame, who: str) -> None:
 
 def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "negbin"] = "poisson",
                theta: float | None = None, offset: str | None = None,
+               dispersion: Literal["model", "pearson"] = "model",
                missing: Literal["drop", "raise"] = "drop", maxiter: int = 100) -> CountModelResult:
     """Fit a Poisson or negative-binomial GLM of counts; report IRRs with Wald CIs.
 
@@ -162,6 +165,12 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
         ``glm.nb`` does.
     offset : str, optional
         Column holding an offset on the log scale (e.g. ``log(follow-up years)``).
+    dispersion : {"model", "pearson"}
+        ``"model"`` (default): dispersion 1, Wald z tests and CIs, as ``summary.negbin``
+        and Poisson ``summary.glm``. ``"pearson"``: dispersion estimated by Pearson
+        chi-square / residual df with t tests and CIs, as R's ``summary.glm`` does for
+        ``family = quasipoisson`` or ``negative.binomial(theta)`` fitted with ``glm()``
+        (use this to reproduce an analysis run with ``glm(..., negative.binomial(1))``).
     missing : {"drop", "raise"}
         Complete cases (counted, warned) as R's ``na.omit``, or an error.
 
@@ -192,6 +201,8 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
     import statsmodels.api as sm
 
     who = "fit_counts"
+    if dispersion not in ("model", "pearson"):
+        raise ValueError(f"{who}: dispersion={dispersion!r}; expected 'model' or 'pearson'.")
     if family not in ("poisson", "negbin"):
         raise ValueError(f"{who}: family={family!r}; expected 'poisson' or 'negbin'.")
     if theta is not None and (family != "negbin" or not np.isfinite(theta) or theta <= 0):
@@ -260,7 +271,23 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
         warnings.warn(f"{who}: the {family} fit did not converge in {maxiter} iterations; "
                       "estimates may be unreliable (check for sparse levels or extreme counts).",
                       ConvergenceWarning, stacklevel=2)
-    params = wald_table(X.columns, r.params, r.bse, exp="irr")
+    pearson = float(np.sum((y - r.fittedvalues) ** 2 / r.model.family.variance(r.fittedvalues)))
+    if dispersion == "pearson":
+        from scipy import stats
+
+        phi = pearson / (n - p)
+        se = np.asarray(r.bse) * np.sqrt(phi)
+        coef = np.asarray(r.params)
+        q = stats.t.ppf(0.975, n - p)
+        tval = coef / se
+        params = pd.DataFrame({"coef": coef, "se": se, "t": tval, "p": 2 * stats.t.sf(np.abs(tval), n - p),
+                               "ci_low": coef - q * se, "ci_high": coef + q * se},
+                              index=pd.Index([str(c) for c in X.columns], name="term"))
+        params["irr"] = np.exp(coef)
+        params["irr_ci_low"] = np.exp(params["ci_low"])
+        params["irr_ci_high"] = np.exp(params["ci_high"])
+    else:
+        params = wald_table(X.columns, r.params, r.bse, exp="irr")
     big = params.index[np.abs(params["coef"].to_numpy()) > 15]
     if len(big):
         warnings.warn(f"{who}: coefficients {list(big)} exceed |15| on the log scale, a sign "
@@ -270,7 +297,8 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
         params=params, family=family, formula=formula, theta=float(th), theta_se=float(th_se),
         theta_fixed=theta is not None, loglik=ll, twice_loglik=2 * ll, aic=-2 * ll + 2 * k,
         deviance=float(r.deviance), null_deviance=float(null.deviance), df_resid=int(n - p),
-        n_obs=int(n), converged=converged, aliased=tuple(aliased))
+        n_obs=int(n), converged=converged, pearson_chi2=pearson, dispersion=dispersion,
+        aliased=tuple(aliased))
 
 
 def _gammaln(x):

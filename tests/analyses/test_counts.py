@@ -167,3 +167,15 @@ def test_underdispersed_counts_warn_and_reduce_to_poisson(rng):
     assert not nb.converged and nb.theta >= 1e6
     assert_allclose(nb.params["coef"], po.params["coef"], atol=1e-5)
     assert_allclose(nb.twice_loglik, po.twice_loglik, atol=1e-2)
+
+
+def test_pearson_dispersion_equals_statsmodels_quasi(epil):
+    """dispersion='pearson' (R's quasipoisson summary) equals statsmodels GLM with scale='X2'."""
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+
+    res = fit_counts("y ~ lbase*trt + lage + V4", epil, dispersion="pearson")
+    ref = smf.glm("y ~ lbase*trt + lage + V4", epil, family=sm.families.Poisson()).fit(scale="X2")
+    assert_allclose(res.params["se"].to_numpy(), ref.bse.to_numpy(), rtol=1e-6)
+    assert_allclose(res.pearson_chi2 / res.df_resid, ref.scale, rtol=1e-8)
+    assert "t" in res.params.columns and res.dispersion == "pearson"
