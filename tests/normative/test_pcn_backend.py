@@ -129,6 +129,8 @@ def test_transfer_recentres_adaptation_cells(fitted, split):
     for _, idx in adapt.groupby(["sex", "site"]).indices.items():
         assert_allclose(z[idx].mean(axis=0), 0.0, atol=5e-3)
         assert_allclose(z[idx].std(axis=0), 1.0, rtol=1e-2)
+    mean, sd = new.predict(adapt)
+    assert np.isfinite(mean).all() and (sd > 0).all()
     with pytest.raises(UnknownSiteError, match="Beijing_Zang"):
         new.transform(test[test["site"] == "Beijing_Zang"])
     assert model.cells_ is None  # the reference model is unchanged
