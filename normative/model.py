@@ -464,7 +464,7 @@ class NormativeModel:
             raise ValueError(f"{who}: centiles q must lie strictly between 0 and 1; got {list(q)}.")
         if self.backend == "pcntoolkit":
             self._check_covariates(data, who)
-            arr = self._pcn.centiles(data, qs)          # (n, R, Q)
+            arr = np.moveaxis(self._pcn.centiles(data, qs), 0, -1)   # (Q, n, R) -> (n, R, Q)
         else:
             mu, sigma, eps, delta, _ = self._params(data, who)
             zq = norm.ppf(qs)
