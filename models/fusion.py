@@ -9,7 +9,8 @@ Network (:class:`FusionNet`, an ``nn.Module``)
   paper. Each time row is embedded (``Linear -> GELU``); a 1-D convolution over the
   rows (kernel 3, then a 1x1 convolution) gives one score per row; a softmax over the
   observed rows turns the scores into weights and the embedding is the weighted sum of
-  row embeddings. Padded rows get weight 0 and contribute nothing.
+  row embeddings (then ``Dropout -> Linear``). Padded rows get weight 0 and contribute
+  nothing.
 * **Fusion** (``strategy``):
 
   ``concat``
@@ -113,7 +114,8 @@ class SequenceAttentionEncoder(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
         hidden = max(1, embed_dim // 2)
-        self.row = nn.Sequential(nn.Linear(dim, embed_dim), nn.GELU(), nn.Dropout(dropout))
+        self.row = nn.Sequential(nn.Linear(dim, embed_dim), nn.GELU())
+        self.drop = nn.Dropout(dropout)  # on the pooled embedding: T times cheaper than per row
         self.score = nn.Sequential(
             nn.Conv1d(embed_dim, hidden, kernel_size, padding=kernel_size // 2),
             nn.Tanh(),
@@ -128,7 +130,7 @@ class SequenceAttentionEncoder(nn.Module):
         s = self.score(h.transpose(1, 2)).squeeze(1).float()  # (B, T)
         a = torch.softmax(s.masked_fill(~valid, _MASK), dim=1) * valid  # empty rows -> 0
         e = torch.einsum("bt,bte->be", a.to(h.dtype), h)
-        return self.out(e), a
+        return self.out(self.drop(e)), a
 
 
 def _pack_present(tokens: torch.Tensor, presence: torch.Tensor):
@@ -168,7 +170,6 @@ class FusionNet(nn.Module):
         if bad:
             raise ValueError(f"FusionNet: modality names must be identifiers, got {bad}.")
         self.strategy = strategy
-        self.modalities = list(spec)
         self.static_names = [m for m in spec if spec[m]["kind"] == "static"]
         self.seq_names = [m for m in spec if spec[m]["kind"] == "sequence"]
         self.modalities = [*self.static_names, *self.seq_names]
@@ -224,12 +225,14 @@ class FusionNet(nn.Module):
             w = torch.softmax(self.late_scores.expand(B, M).masked_fill(~presence, _MASK), dim=1)
             w = w * presence
             return (w * torch.where(presence, logits, 0.0)).sum(1), w
-        tok = tok + self.modality_embed.to(tok.dtype)
+        # the recurrent part is tiny (M tokens): run it in float32, outside autocast
+        tok = tok.float() + self.modality_embed
         packed, order, lengths = _pack_present(tok, presence)
-        if self.strategy == "lstm":
-            _, (h_n, _) = self.rnn(packed)
-            return self.head(h_n[-1]).squeeze(1), None
-        out, _ = self.rnn(packed)
+        with torch.autocast(device_type=tok.device.type, enabled=False):
+            if self.strategy == "lstm":
+                _, (h_n, _) = self.rnn(packed)
+                return self.head(h_n[-1]).squeeze(1), None
+            out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=M)  # (B, M, 2h)
         valid = torch.arange(M, device=tok.device)[None, :] < lengths.to(tok.device)[:, None]
         s = self.attention(out.transpose(1, 2)).squeeze(1).float()
@@ -685,6 +688,33 @@ class FusionClassifier(BaseEstimator):
         _, w = self._run(data, who, weights=True)
         return pd.DataFrame(w.float().cpu().numpy().astype(np.float64), columns=list(self.modalities_),
                             index=pd.Index(data.patient_id, name="patient_id"))
+
+    def row_attention(self, data: FusionData, modality: str) -> np.ndarray:
+        """Attention weights of one EHR table's encoder over its time rows, shape (n, T).
+
+        Each observed row's weight in the table embedding; rows sum to 1 for patients who
+        have the table and are all 0 for those who lack it (or for padded rows).
+        """
+        who = f"{type(self).__name__}.row_attention"
+        checks.check_is_fitted(self, ["net_"])
+        data = self._check_data(data, who)
+        if modality not in self.spec_ or self.spec_[modality]["kind"] != "sequence":
+            seqs = [m for m in self.spec_ if self.spec_[m]["kind"] == "sequence"]
+            raise ValueError(f"{who}: got modality={modality!r}; the sequence modalities are {seqs}.")
+        if modality not in data.modalities:
+            raise ColumnContractError(f"{who}: data has no modality {modality!r}.")
+        dev = resolve_device(self.device)
+        net = self.net_.to(dev).eval()
+        k = data.modalities.index(modality)
+        x = torch.tensor(data.sequences[modality], device=dev)
+        rm = torch.tensor(data.row_masks[modality], device=dev)
+        pres = torch.tensor(data.presence[:, k], device=dev)
+        out = []
+        with torch.no_grad(), _threads(self.num_threads):
+            for s in range(0, data.n_patients, 4096):
+                sl = slice(s, s + 4096)
+                out.append(net.encoders[modality](x[sl], rm[sl], pres[sl])[1])
+        return torch.cat(out).cpu().numpy().astype(np.float64)
 
     def attributions(self, data: FusionData, method: Literal["integrated_gradients"] = "integrated_gradients",
                      n_steps: int = 32, internal_batch_size: int = 512) -> FusionAttributions:

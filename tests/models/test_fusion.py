@@ -393,3 +393,17 @@ def test_cuda_mixed_precision_learns(planted):
     assert roc_auc_score(y[~train], p) > 0.75
     att = clf.attributions(data.subset(np.arange(5)))
     assert np.isfinite(att.summary().to_numpy()).all()
+
+
+def test_row_attention_over_observed_rows(planted, fitted):
+    """Row attention sums to 1 over a table's observed rows and is 0 on padded rows."""
+    data, _, train = planted
+    test = data.subset(np.flatnonzero(~train)[:30])
+    a = fitted["concat"].row_attention(test, "lab")
+    k = test.modalities.index("lab")
+    valid = test.row_masks["lab"] & test.presence[:, [k]]
+    assert a.shape == test.row_masks["lab"].shape
+    np.testing.assert_allclose(a.sum(1), valid.any(1).astype(float), atol=1e-6)
+    assert np.all(a[~valid] == 0.0)
+    with pytest.raises(ValueError, match=r"sequence modalities are \['lab', 'vital'\]"):
+        fitted["concat"].row_attention(test, "dev")
