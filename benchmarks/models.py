@@ -52,7 +52,7 @@ def run(n_patients: int, n_folds: int, epochs: int, device: str, seed: int = 0):
         warnings.simplefilter("ignore", ConvergenceWarning)
         FusionClassifier("concat", epochs=1, device=device).fit(data.subset(folds[0][0]),
                                                                y[folds[0][0]])
-    rows = []
+    rows = [_references(data, y, folds)]
     for strategy in STRATEGIES:
         aucs, epochs_run = [], []
         t0, c0 = time.perf_counter(), time.process_time()
@@ -71,9 +71,34 @@ def run(n_patients: int, n_folds: int, epochs: int, device: str, seed: int = 0):
     return rows
 
 
+def _references(data, y, folds) -> dict:
+    """Context rows: the planted score itself and a logistic regression on the same folds."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    seq_means = [
+        (x * m[..., None]).sum(1) / np.maximum(m.sum(1), 1)[:, None]
+        for x, m in ((data.sequences[k], data.row_masks[k]) for k in data.sequences)
+    ]
+    X = np.column_stack([*data.static.values(), *seq_means, data.presence])
+    oracle = data.static["dev"][:, :5].sum(1)
+    a_or, a_lr = [], []
+    for tr, te in folds:
+        lr = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(X[tr], y[tr])
+        a_lr.append(roc_auc_score(y[te], lr.predict_proba(X[te])[:, 1]))
+        a_or.append(roc_auc_score(y[te], oracle[te]))
+    log.warning("oracle AUROC %.3f; logistic regression AUROC %.3f", np.mean(a_or), np.mean(a_lr))
+    return {"oracle": float(np.mean(a_or)), "logreg": float(np.mean(a_lr)),
+            "logreg_sd": float(np.std(a_lr, ddof=1))}
+
+
 def render(rows, args, device: str) -> str:
     import torch
 
+    ref, rows = rows[0], rows[1:]
     total = sum(r["seconds"] for r in rows)
     total_cpu = sum(r["cpu_seconds"] for r in rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -98,7 +123,22 @@ def render(rows, args, device: str) -> str:
                      f"{r['epochs_mean']:.0f} | "
                      f"{r['auroc_mean']:.3f} | {r['auroc_sd']:.3f} |")
     lines += ["", f"All strategies: **{total:.1f} s wall, {total_cpu:.1f} s CPU** (target <= 180 s "
-              "wall); wall above CPU time is time spent waiting for a core on the shared machine.", ""]
+              "wall); wall above CPU time is time spent waiting for a core on the shared machine.",
+              "",
+              f"Context on the same folds: the planted score itself (sum of the 5 signal deviation "
+              f"features) reaches AUROC {ref['oracle']:.3f}; an L2 logistic regression (C = 0.1) on "
+              f"all features (static columns, per-table means over observed rows, presence flags) "
+              f"{ref['logreg']:.3f} (SD {ref['logreg_sd']:.3f}); the networks "
+              f"{min(r['auroc_mean'] for r in rows):.3f}-{max(r['auroc_mean'] for r in rows):.3f}. "
+              + ("With ~230 training patients per fold and 200+ pure-noise inputs, no fusion network "
+                 "beats the regularised linear model on this cohort."
+                 if max(r["auroc_mean"] for r in rows) < ref["logreg"] else ""),
+              ""]
+    if not device.startswith("cuda"):
+        from normfuse.device import cuda_available
+
+        lines += [("No CUDA device was available for this run; " if not cuda_available() else
+                   "This run used the CPU; ") + "`--device cuda` times the GPU path.", ""]
     return "\n".join(lines)
 
 

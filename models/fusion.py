@@ -203,10 +203,10 @@ class FusionNet(nn.Module):
         """Modality embeddings stacked as ``(B, M, E)`` in ``self.modalities`` order."""
         toks = []
         k = 0
-        for m, x in zip(self.static_names, static):
+        for m, x in zip(self.static_names, static, strict=True):
             toks.append(self.encoders[m](x, presence[:, k]))
             k += 1
-        for m, x, rm in zip(self.seq_names, seqs, masks):
+        for m, x, rm in zip(self.seq_names, seqs, masks, strict=True):
             toks.append(self.encoders[m](x, rm, presence[:, k])[0])
             k += 1
         return torch.stack(toks, dim=1)
@@ -286,7 +286,7 @@ class FusionAttributions(ResultMixin):
         rows = []
         for m, v in self.values.items():
             a = np.abs(v).sum(1) if v.ndim == 3 else np.abs(v)
-            for name, val in zip(self.feature_names[m], a.mean(0)):
+            for name, val in zip(self.feature_names[m], a.mean(0), strict=True):
                 rows.append((m, name, float(val)))
         df = pd.DataFrame(rows, columns=["modality", "feature", "mean_abs_attribution"])
         return df.sort_values("mean_abs_attribution", ascending=False, ignore_index=True)
@@ -477,7 +477,7 @@ class FusionClassifier(BaseEstimator):
 
     def _fit_scalers(self, data: FusionData, rows: np.ndarray) -> None:
         """Training-row means/SDs (present rows only) into the encoders' buffers."""
-        for k, m in enumerate(self.modalities_):
+        for m in self.modalities_:
             present = data.presence[rows, data.modalities.index(m)]
             if self.spec_[m]["kind"] == "static":
                 x = data.static[m][rows][present].astype(np.float64)
@@ -747,7 +747,7 @@ class FusionClassifier(BaseEstimator):
 
         inputs = tuple(t["static"] + t["seqs"])
         baselines = tuple(
-            net.encoders[m].mean.expand_as(x).contiguous() for m, x in zip(names, inputs)
+            net.encoders[m].mean.expand_as(x).contiguous() for m, x in zip(names, inputs, strict=True)
         )
         extra = tuple(t["masks"]) + (t["presence"],)
         ig = attr_mod.IntegratedGradients(forward)
@@ -756,7 +756,7 @@ class FusionClassifier(BaseEstimator):
                 inputs, baselines=baselines, additional_forward_args=extra, n_steps=n_steps,
                 internal_batch_size=internal_batch_size, return_convergence_delta=True,
             )
-        values = {m: a.detach().cpu().numpy().astype(np.float64) for m, a in zip(names, attrs)}
+        values = {m: a.detach().cpu().numpy().astype(np.float64) for m, a in zip(names, attrs, strict=True)}
         fn = {m: tuple(data.feature_names.get(m, (f"{m}_{j}" for j in range(self.spec_[m]["dim"]))))
               for m in names}
         return FusionAttributions(values=values, feature_names=fn, patient_id=data.patient_id.copy(),

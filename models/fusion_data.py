@@ -105,9 +105,10 @@ class FusionData:
     --------
     >>> import numpy as np
     >>> d = FusionData(patient_id=np.array(["p1", "p2"]),
-    ...                static={"dev": np.array([[0.5, -1.0], [np.nan, np.nan]])})
-    >>> d.modalities, d.presence.ravel().tolist()
-    (('dev',), [True, False])
+    ...                static={"dev": np.array([[0.5, -1.0], [np.nan, np.nan]]),
+    ...                        "demo": np.array([[34.0], [51.0]])})
+    >>> d.modalities, d.presence.tolist()
+    (('dev', 'demo'), [[True, True], [False, True]])
     """
 
     patient_id: np.ndarray
