@@ -570,7 +570,6 @@ class FusionClassifier(BaseEstimator):
         va_t = torch.as_tensor(va, device=dev)
         best, best_state, best_epoch, waited = math.inf, None, 0, 0
         history = []
-        M = len(self.modalities_)
         for epoch in range(1, self.epochs + 1):
             net.train()
             perm = tr_t[torch.randperm(len(tr), generator=g).to(dev)]
@@ -579,10 +578,7 @@ class FusionClassifier(BaseEstimator):
                 idx = perm[start:start + self.batch_size]
                 b = self._take(t, idx)
                 if self.modality_dropout > 0:
-                    drop = (torch.rand(len(idx), M, generator=g) < self.modality_dropout).to(dev)
-                    keep = b["presence"] & ~drop
-                    empty = ~keep.any(1, keepdim=True)
-                    b["presence"] = torch.where(empty, b["presence"], keep)
+                    b["presence"] = _drop_modalities(b["presence"], self.modality_dropout, g)
                 with torch.autocast(device_type="cuda" if amp else "cpu", dtype=torch.float16,
                                     enabled=amp):
                     logit, _ = net(b["static"], b["seqs"], b["masks"], b["presence"])
@@ -815,6 +811,16 @@ class FusionClassifier(BaseEstimator):
             raise SchemaError(f"FusionClassifier.load: the weights do not fit the saved configuration ({exc}).") from exc
         est.net_ = net.eval()
         return est
+
+
+def _drop_modalities(presence: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Hide each present modality with probability ``p``; a row never loses all of them.
+
+    Rows whose every present modality was drawn for dropping keep their original presence.
+    """
+    drop = (torch.rand(presence.shape, generator=generator) < p).to(presence.device)
+    keep = presence & ~drop
+    return torch.where(keep.any(1, keepdim=True), keep, presence)
 
 
 @contextlib.contextmanager

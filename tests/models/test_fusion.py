@@ -17,7 +17,13 @@ import torch
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 
-from models.fusion import STRATEGIES, FusionClassifier, FusionNet, _grouped_split
+from models.fusion import (
+    STRATEGIES,
+    FusionClassifier,
+    FusionNet,
+    _drop_modalities,
+    _grouped_split,
+)
 from models.fusion_data import FusionData, simulate_fusion_data
 from normfuse import persist
 from normfuse.errors import (
@@ -234,6 +240,21 @@ def test_class_weight_is_negatives_over_positives(planted):
     assert clf.pos_weight_ == pytest.approx((50 - y[:50].sum()) / y[:50].sum())
     clf = FusionClassifier("concat", class_weight=None, **kw).fit(data.subset(np.arange(50)), y[:50])
     assert clf.pos_weight_ == 1.0 and len(clf.history_) == 1 and clf.n_val_ == 0
+
+
+def test_modality_dropout_rate_and_floor():
+    """Modality dropout hides present modalities at rate p, never adds any, never empties a row."""
+    rng = np.random.default_rng(4)
+    pres = torch.as_tensor(rng.random((20000, 6)) < 0.8)
+    pres[pres.sum(1) == 0, 0] = True
+    out = _drop_modalities(pres, 0.3, torch.Generator().manual_seed(0))
+    assert not (out & ~pres).any() and out.any(1).all()
+    # planted rate: rows with >= 2 present modalities are almost never all dropped (0.3^k)
+    rows = pres.sum(1) >= 4
+    rate = 1 - out[rows].sum().item() / pres[rows].sum().item()
+    assert abs(rate - 0.3) < 0.01
+    single = pres.sum(1) == 1
+    assert torch.equal(out[single], pres[single])
 
 
 def test_grouped_split_keeps_patients_together():
