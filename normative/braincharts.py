@@ -248,7 +248,7 @@ def import_braincharts(zip_path, measures: Sequence[str] | None = None, *,
             raise SchemaError(f"{zip_path}: no '<measure>/Models/{_MODEL_FILE}' entries; "
                               "not a braincharts model zip.")
         available = sorted(entries)
-        fs7 = dict(zip(available, harmonise_region_names(available)))
+        fs7 = dict(zip(available, harmonise_region_names(available), strict=True))
         if measures is None:
             chosen = available
         else:
@@ -408,7 +408,7 @@ class BrainchartsModel:
         from normative.freesurfer import harmonise_region_names
 
         cols = [c for c in df.columns if isinstance(c, str)]
-        harm = dict(zip(cols, harmonise_region_names(cols)))
+        harm = dict(zip(cols, harmonise_region_names(cols), strict=True))
         by_fs7: dict[str, str] = {}
         for c in cols:
             by_fs7.setdefault(harm[c], c)
@@ -418,7 +418,7 @@ class BrainchartsModel:
         if "eTIV" not in by_fs7 and "icv" in df.columns:
             by_fs7["eTIV"] = "icv"
         found, missing = [], []
-        for r, mname in zip(self.responses_, self.measures_):
+        for r, mname in zip(self.responses_, self.measures_, strict=True):
             c = by_fs7.get(r, mname if mname in df.columns else None)
             (found if c is not None else missing).append(c if c is not None else r)
         if missing:
@@ -513,7 +513,7 @@ class BrainchartsModel:
         sd = np.sqrt(var)
         m1 = np.zeros_like(mu)
         m2 = np.zeros_like(mu)
-        for zk, wk in zip(z, wts):                  # fixed number of nodes; rows vectorised
+        for zk, wk in zip(z, wts, strict=True):                  # fixed number of nodes; rows vectorised
             y = sinh_arcsinh_unwarp(mu + sd * zk, self.eps_[None, :], self.log_delta_[None, :])
             m1 += wk * y
             m2 += wk * y * y

@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
-from normfuse.errors import ColumnContractError, OutOfRangeWarning, UnknownSiteError
 from normative._safe_unpickle import UnsafePickleError, safe_loads, to_plain
 from normative.braincharts import BRAINCHARTS_82_SITES, BrainchartsModel, import_braincharts
+from normfuse.errors import ColumnContractError, OutOfRangeWarning, UnknownSiteError
 
 ZIP = "lifespan_57K_82sites.zip"
 SUBSET = ["Left-Thalamus-Proper", "Right-Hippocampus", "Left-Lateral-Ventricle", "Brain-Stem",
