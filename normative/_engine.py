@@ -88,18 +88,18 @@ class _Problem:
         self.pzz = _pair_index(oh_z, oh_z, True)
         idx = [(self.pxx, X, X), (self.pxz, X, Zs), (self.pzz, Zs, Zs)]
         tidx = []
-        for (I, J), A, B in idx:
+        for (rows_i, cols_j), A, B in idx:
             if xp is np:
-                tidx.append((I, J, A, B))
+                tidx.append((rows_i, cols_j, A, B))
             else:
-                tidx.append((xp.as_tensor(I, device=A.device), xp.as_tensor(J, device=A.device), A, B))
+                tidx.append((xp.as_tensor(rows_i, device=A.device), xp.as_tensor(cols_j, device=A.device), A, B))
         self.chunks = []
         n = Y.shape[0]
         for s in range(0, n, chunk_rows):
             sl = slice(s, min(s + chunk_rows, n))
             Mc = M[sl]
             Yc = xp.where(Mc > 0, Y[sl], xp.zeros_like(Y[sl]))
-            pis = [A[sl][:, I] * B[sl][:, J] for I, J, A, B in tidx]
+            pis = [A[sl][:, ci] * B[sl][:, cj] for ci, cj, A, B in tidx]
             om = 0.0 if offset_mu is None else offset_mu[sl]
             ol = 0.0 if offset_ls is None else offset_ls[sl]
             self.chunks.append((X[sl], Zs[sl], Yc, Mc, pis, om, ol))
@@ -113,7 +113,7 @@ class _Problem:
             parts = list(self.pool.map(fn, self.chunks))
         out = parts[0]
         for part in parts[1:]:
-            out = [a + b for a, b in zip(out, part)] if isinstance(out, list) else out + part
+            out = [a + b for a, b in zip(out, part, strict=True)] if isinstance(out, list) else out + part
         return out
 
     def loglik(self, beta, gamma, eps, tau):

@@ -1,8 +1,6 @@
 """Tests of the native normative engine: math, planted truth, API contract, persistence."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,10 +72,12 @@ def test_shash_density_integrates_and_moments():
     from scipy.integrate import quad
 
     for eps, delta in [(0.0, 1.0), (0.5, 0.7), (-0.8, 1.6)]:
-        f = lambda x: np.exp(_shash.logpdf(np, x, 0.0, 0.0, eps, np.log(delta)))  # noqa: E731
+        def f(x, eps=eps, delta=delta):
+            return np.exp(_shash.logpdf(np, x, 0.0, 0.0, eps, np.log(delta)))
+
         assert quad(f, -np.inf, np.inf)[0] == pytest.approx(1.0, abs=1e-8)
-        m = quad(lambda x: x * f(x), -np.inf, np.inf)[0]
-        v = quad(lambda x: (x - m) ** 2 * f(x), -np.inf, np.inf)[0]
+        m = quad(lambda x, f=f: x * f(x), -np.inf, np.inf)[0]
+        v = quad(lambda x, f=f, m=m: (x - m) ** 2 * f(x), -np.inf, np.inf)[0]
         m1, sd1 = _shash.moments(eps, delta)
         assert m1 == pytest.approx(m, abs=1e-7) and sd1 == pytest.approx(np.sqrt(v), abs=1e-7)
 

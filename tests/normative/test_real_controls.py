@@ -5,7 +5,6 @@ Targets are issue 3's, measured against pcntoolkit 1.3 on the same seed-42 split
 """
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
