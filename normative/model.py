@@ -285,14 +285,14 @@ class NormativeModel:
                     "shrunk strongly toward the average site. Silence with warnings.filterwarnings("
                     "'ignore', category=SmallReferenceGroupWarning).", SmallReferenceGroupWarning,
                     stacklevel=2)
-        if self.backend == "pcntoolkit":
-            return self._fit_pcntoolkit(controls)
         Yz = np.where(M > 0, Y, 0.0)
         self.y_mean_ = (Yz * M).sum(0) / n_obs
         self.y_sd_ = np.sqrt((((Yz - self.y_mean_) ** 2) * M).sum(0) / n_obs)
         if (self.y_sd_ <= 0).any():
             bad = [r for r, s in zip(self.responses_, self.y_sd_, strict=True) if s <= 0]
             raise ColumnContractError(f"{who}: responses {bad} are constant; they cannot be modelled.")
+        if self.backend == "pcntoolkit":
+            return self._fit_pcntoolkit(controls)
         Ys = np.where(M > 0, (Yz - self.y_mean_) / self.y_sd_, 0.0)
         X, Zs, codes_fit, _ = self.design_.build(controls, who)
         S = self.design_.n_site_cols()
