@@ -371,7 +371,7 @@ class _Builder:
             parts.append(title + _result_html(res))
             for meth in self._plot_methods(res):
                 try:
-                    parts.append(self.figs.plot(lambda ax, m=meth: getattr(res, m)(ax=ax),
+                    parts.append(self.figs.plot(lambda ax, m=meth, r=res: getattr(r, m)(ax=ax),
                                                 alt=f"{key} {name or ''} {meth}".strip(),
                                                 figsize=(6.5, 4.5)))
                 except (TypeError, ValueError, KeyError, AttributeError) as exc:
