@@ -250,7 +250,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
             value = _check_value(source, sec, name, key, given[name]) if name in given \
                 else copy.deepcopy(key.default)
             if key.type == "path" and value:
-                value = str((base / Path(value).expanduser()))
+                value = str(base / Path(value).expanduser())
             elif key.type == "paths":
                 value = [str(base / Path(v).expanduser()) for v in value]
             sect[name] = value

@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -358,9 +358,9 @@ def stage_normative(cfg: Mapping, ctx: dict) -> dict:
     ctrl = t.get("volumes_controls")
     if ctrl is not None and len(ctrl):
         if len(used_local):
-            used = set(zip(used_local["subject_id"].astype(str), used_local["site"].astype(str)))
+            used = set(zip(used_local["subject_id"].astype(str), used_local["site"].astype(str), strict=False))
             mask = np.array([(a, b) not in used for a, b in
-                             zip(ctrl["subject_id"].astype(str), ctrl["site"].astype(str))],
+                             zip(ctrl["subject_id"].astype(str), ctrl["site"].astype(str), strict=False)],
                             dtype=bool)
             log.info("controls: %d used for adaptation removed from the matching pool",
                      int((~mask).sum()))
@@ -612,6 +612,11 @@ def stage_analyses(cfg: Mapping, ctx: dict) -> dict:
         sd = sd.assign(high_risk=rule.apply(sd).astype(float))
         sd["risk_group"] = np.where(sd["high_risk"] > 0, "high", "low")
         ep = endpoint(sd, "cdp")
+    if regions and "time_cdp" in sd.columns and ep["risk_group"].nunique() < 2:
+        log.warning("analyses: the deviation rule puts all %d patients in one risk group; "
+                    "KM/log-rank/Cox by risk group left out (check the normative calibration)",
+                    len(ep))
+    elif regions and "time_cdp" in sd.columns:
         results["km"] = kaplan_meier(ep, "duration", "event", group="risk_group")
         results["logrank"] = logrank(ep, "duration", "event", group="risk_group")
         results["cox"] = fit_cox(["high_risk", "age"], ep, "duration", "event")
