@@ -660,9 +660,7 @@ def stage_report(cfg: Mapping, ctx: dict) -> dict:
     except ImportError:
         build_report = None
     if build_report is not None:
-        rep = build_report({**ctx["results"], **{f"table:{k}": v for k, v in ctx["tables"].items()
-                                                  if k in ("critical_counts", "cohort_summary")}},
-                           title=title)
+        rep = build_report(dict(ctx["results"]), title=title)
         text = rep.to_html()
     else:
         text = _fallback_report(ctx["results"], ctx["tables"], title)

@@ -59,3 +59,28 @@ def test_file_digest_file_and_folder(tmp_path):
     d0 = file_digest(tmp_path)
     f.write_bytes(b"abd")
     assert file_digest(tmp_path) != d0
+
+
+@pytest.mark.slow
+def test_pipeline_recovers_planted_effects(tmp_path):
+    """On a simulated cohort the pipeline's LMM and NB estimates cover the planted effects."""
+    from normfuse.pipeline import demo_config, run_pipeline
+    from normfuse.synthetic import simulate_cohort, write_cohort
+
+    c = simulate_cohort(n_patients=150, n_controls_reference=900, n_matched_controls=190,
+                        seed=5)
+    write_cohort(c, tmp_path / "data")
+    cfg = demo_config(tmp_path / "data", seed=5, n_local=20)
+    cfg["models"]["enabled"] = False
+    cfg["features"]["notes"] = False
+    res = run_pipeline(cfg, tmp_path / "out", quiet=True, stages=["analyses"])
+    assert res.skipped == () and "report" not in res.timings
+    # EDSS points per critical deviation: planted BETA_NCRIT = 0.24
+    lo, hi = res.results["mixed"].params.loc["n_crit", ["ci_low", "ci_high"]]
+    assert lo < 0.24 < hi
+    # IRR of critical-deviation counts, patients vs controls: realised in the true Z
+    nb = res.results["counts_theta_ml"].params.iloc[1]
+    assert nb["irr_ci_low"] < c.truth.irr["realised"] < nb["irr_ci_high"]
+    # held-out controls: expected count near nominal 90 * 0.025 (lower tail)
+    cc = res.tables["critical_counts"].set_index("group")
+    assert abs(cc.loc["held-out reference controls", "mean_n_crit"] - 2.25) < 1.0
