@@ -279,3 +279,17 @@ def test_no_site_column():
     df = simulate_controls(600, 2, n_sites=1, seed=4).drop(columns="site")
     nm = NormativeModel(site_col=None).fit(df)
     assert abs(nm.transform(df).to_numpy().std() - 1) < 0.08
+
+
+def test_small_reference_set_stays_sane():
+    """112 controls x 90 regions (6 sites): no degenerate skew, no absurd Z (regression for eps at its bound)."""
+    from normfuse.synthetic import simulate_cohort
+
+    ref = simulate_cohort(n_patients=5, n_controls_reference=160, seed=0, ehr=False,
+                          notes=False).reference_controls
+    regions = [c for c in ref.columns if c.startswith(("Left-", "Right-", "lh_", "rh_"))]
+    train = ref.sample(frac=0.7, random_state=0)
+    z = NormativeModel(regions).fit(train).transform(ref.drop(train.index)).to_numpy()
+    assert np.abs(z.mean(0)).max() < 1.0
+    assert np.abs(z).max() < 15
+    assert 0.85 < z.std() < 1.2
