@@ -112,9 +112,12 @@ def test_matches_independent_slow_optimiser(sim):
     y = (ref["Left-Hippocampus"].to_numpy() - nm.y_mean_[0]) / nm.y_sd_[0]
     p, q = X.shape[1], Zs.shape[1]
 
+    from normative._engine import SHAPE_PRIOR_SD
+
     def nll(th):
         b, g, e, t = th[:p], th[p:p + q], th[p + q], th[p + q + 1]
-        pen = 0.5e-8 * (b @ b + g @ g)
+        # the same weak priors as the engine: tiny ridge, N(0, sd^2) on eps and log delta
+        pen = 0.5e-8 * (b @ b + g @ g) + 0.5 * (e / SHAPE_PRIOR_SD[0]) ** 2 + 0.5 * (t / SHAPE_PRIOR_SD[1]) ** 2
         return -_shash.logpdf(np, y, X @ b, Zs @ g, e, t).sum() + pen
 
     th0 = np.r_[np.zeros(p), np.zeros(q), 0.0, 0.0]
