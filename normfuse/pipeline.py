@@ -381,8 +381,14 @@ def stage_normative(cfg: Mapping, ctx: dict) -> dict:
     cc["tail"] = tail
     cc["threshold"] = thr
     tables["critical_counts"] = cc
-    return {"tables": tables, "normative_model": model,
-            "models": {"normative": model}}
+    key_regions = [r for r in ("Left-Thalamus", "Left-Hippocampus", "Left-Putamen",
+                               "Left-Lateral-Ventricle") if r in regions] or regions[:4]
+    report_inputs = {"model": model, "patients": pat.loc[base.index] if len(base) else pat,
+                     "responses": key_regions}
+    if held is not None and len(held):
+        report_inputs["held_out"] = held
+    return {"tables": tables, "normative_model": model, "models": {"normative": model},
+            "results": {"normative": report_inputs, "deviations": dev_main}}
 
 
 def _clinical(cfg: Mapping) -> dict[str, pd.DataFrame | None]:
@@ -652,6 +658,41 @@ def _fallback_report(res: Mapping[str, Any], tables: Mapping[str, pd.DataFrame],
             + "</title></head><body>" + "\n".join(parts) + "</body></html>")
 
 
+def _report_inputs(ctx: dict) -> dict:
+    """Map the pipeline's results onto the report's sections (aggregates only)."""
+    res = dict(ctx["results"])
+    t = ctx["tables"]
+    out: dict = {}
+    parts = []
+    dev = t.get("deviations")
+    if dev is not None and len(dev):
+        base = _baseline(dev)
+        parts.append(base[[c for c in ("age", "sex", "icv", "n_crit") if c in base]].assign(group="MS"))
+    dc = t.get("deviations_controls")
+    if dc is not None and len(dc):
+        parts.append(dc[[c for c in ("age", "sex", "icv", "n_crit") if c in dc]].assign(group="control"))
+    if parts:
+        out["cohort"] = {"data": pd.concat(parts, ignore_index=True), "group": "group"}
+    for key in ("normative", "deviations"):
+        if res.get(key) is not None:
+            out[key] = res.pop(key)
+    counts = {name: res.pop(k) for k, name in (("counts_theta_fixed", "theta = 1 (as published)"),
+                                                ("counts_theta_ml", "theta estimated"))
+              if res.get(k) is not None}
+    if counts:
+        out["counts"] = counts
+    if res.get("comparison") is not None:
+        out["comparison"] = res.pop("comparison")
+    evals = {name: res.pop(k) for k, name in (("evaluation_deviations", "deviation features (XGBoost)"),
+                                               ("evaluation_all", "all features (XGBoost)"))
+             if res.get(k) is not None}
+    if evals:
+        out.setdefault("comparison", evals) if "comparison" not in out else out.update(
+            {"model_evaluations": evals})
+    out.update({k: v for k, v in res.items() if v is not None})
+    return out
+
+
 def stage_report(cfg: Mapping, ctx: dict) -> dict:
     """report.html from the result objects (analyses.report when present)."""
     title = cfg["study"]["name"]
@@ -660,7 +701,11 @@ def stage_report(cfg: Mapping, ctx: dict) -> dict:
     except ImportError:
         build_report = None
     if build_report is not None:
-        rep = build_report(dict(ctx["results"]), title=title)
+        rep = build_report(_report_inputs(ctx), title=title,
+                           threshold=cfg["normative"]["threshold"], tail=cfg["normative"]["tail"],
+                           settings={"cv_folds": cfg["models"]["n_splits"],
+                                     "label": f"EDSS >= {cfg['models']['label_threshold']:g} within "
+                                              f"{cfg['models']['horizon_years']:g} years"})
         text = rep.to_html()
     else:
         text = _fallback_report(ctx["results"], ctx["tables"], title)
@@ -671,7 +716,7 @@ STAGE_FUNCS: dict[str, Callable[[Mapping, dict], dict]] = {
     "collect": stage_collect, "normative": stage_normative, "features": stage_features,
     "models": stage_models, "analyses": stage_analyses, "report": stage_report}
 #: Stages whose in-memory results a later stage needs (re-run when that stage re-runs).
-_NEEDS_RESULTS = {"report": ("models", "analyses")}
+_NEEDS_RESULTS = {"report": ("normative", "models", "analyses")}
 #: Tables each stage writes (read back on resume).
 STAGE_TABLES = {
     "collect": ("volumes_patients", "volumes_reference", "volumes_adaptation", "volumes_controls"),
