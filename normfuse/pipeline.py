@@ -226,7 +226,7 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
             left = vols[keys].astype(str)
             got = left.merge(sd, on=keys, how="left")
             vols = vols.copy()
-            vols["scan_date"] = pd.to_datetime(got["scan_date"].to_numpy())
+            vols["scan_date"] = _ns(got["scan_date"].to_numpy())
     return vols
 
 
@@ -423,6 +423,13 @@ def _clinical(cfg: Mapping) -> dict[str, pd.DataFrame | None]:
     return out
 
 
+def _ns(values):
+    """Datetimes at nanosecond resolution (pandas 3 parses some strings to microseconds,
+    and merge_asof refuses keys of different resolutions)."""
+    out = pd.to_datetime(values)
+    return out.astype("datetime64[ns]")
+
+
 def _person_ids(omop) -> pd.Series:
     """OMOP ``person_id`` -> ``person_source_value`` (the ids the MRI tables use)."""
     prefix = f"{omop.schema}." if omop.schema else ""
@@ -482,7 +489,7 @@ def stage_features(cfg: Mapping, ctx: dict) -> dict:
     # an MRI acquired on the index visit's day counts as available at that visit
     dev_join = dev.drop(columns=["age", "sex", "site", "icv", "age_out_of_range"],
                         errors="ignore").assign(
-        scan_date=pd.to_datetime(dev["scan_date"]) - pd.Timedelta(seconds=1))
+        scan_date=_ns(dev["scan_date"]) - pd.Timedelta(seconds=1))
     pat_demo = _baseline(dev)[["subject_id", "age", "sex"]].rename(
         columns={"subject_id": "patient_id"})
     table = build_cohort_table(index, deviations=dev_join, scan_window_days=f["scan_window_days"],
@@ -590,9 +597,9 @@ def stage_analyses(cfg: Mapping, ctx: dict) -> dict:
     # EDSS at each scan: the visit closest in time within the window
     visits = t["visits"]
     sc = dev[["subject_id", "session_id", "scan_date", "n_crit", "age"]].copy()
-    sc["scan_date"] = pd.to_datetime(sc["scan_date"])
+    sc["scan_date"] = _ns(sc["scan_date"])
     v = visits[["patient_id", "visit_date", "edss"]].rename(columns={"patient_id": "subject_id"})
-    v = v.assign(visit_date=pd.to_datetime(v["visit_date"]),
+    v = v.assign(visit_date=_ns(v["visit_date"]),
                  subject_id=v["subject_id"].astype(str)).sort_values("visit_date")
     sc = sc.assign(subject_id=sc["subject_id"].astype(str)).sort_values("scan_date")
     paired = pd.merge_asof(sc, v, left_on="scan_date", right_on="visit_date", by="subject_id",
