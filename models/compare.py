@@ -303,7 +303,7 @@ def _check_table(table: pd.DataFrame, who: str) -> dict[str, list[str]]:
         if inf.any():
             i = int(np.flatnonzero(inf)[0])
             raise ColumnContractError(
-                f"{who}: feature column {c!r} holds {v[i]!r} at row {table.index[i]!r} "
+                f"{who}: feature column {c!r} holds {float(v[i])!r} at row {table.index[i]!r} "
                 f"({int(inf.sum())} infinite cells). Infinities are not missing values: fix the "
                 "feature (e.g. a ratio divided by 0), clip it, or set those cells to NaN."
             )
@@ -612,11 +612,20 @@ def compare_models(
                              "fusion_params/xgb_params.")
 
     # ---- identical folds for every model
+    pid_all = t[id_col].to_numpy()
+    n_pat_events = pd.unique(pid_all[y == 1]).size
+    n_pat_non = pd.unique(pid_all[y == 0]).size
+    if min(n_pat_events, n_pat_non) < int(n_splits):
+        raise ValueError(
+            f"{who}: {n_pat_events} patients with events and {n_pat_non} without cannot fill "
+            f"n_splits={n_splits} outcome-stratified folds: some fold would hold a single class. "
+            f"Use fewer folds, e.g. n_splits={max(2, min(n_pat_events, n_pat_non))}, or a more "
+            "common outcome."
+        )
     folds = np.column_stack([
         grouped_folds(t, y, n_splits=int(n_splits), id_col=id_col, random_state=int(random_state) + r).to_numpy()
         for r in range(int(n_repeats))
     ])
-    n_pat_events = pd.unique(t[id_col].to_numpy()[y == 1]).size
     for r in range(folds.shape[1]):
         for k in range(int(n_splits)):
             for part, rows in (("test", folds[:, r] == k), ("training", folds[:, r] != k)):
