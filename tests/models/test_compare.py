@@ -342,3 +342,49 @@ def test_figures_and_views(fused):
         warnings.simplefilter("error")
         dc = fused.decision_curve(["all_xgb", "fusion_concat"])
     assert set(dc.net_benefit.columns) == {"all", "none", "all_xgb", "fusion_concat"}
+
+
+# ------------------------------------------------------------------ raw notes/events fitted inside folds
+def _letters(i: int) -> str:
+    return "".join("abcdefghij"[int(d)] for d in f"{i:04d}")
+
+
+def test_fold_featurizer_fits_notes_and_events_on_training_patients_only():
+    """NoteEmbedder/EHRFeaturizer fitted per fold never see test patients' or post-index notes."""
+    from models.compare import FoldFeaturizer
+
+    rng = np.random.default_rng(9)
+    n = 150
+    pid = [f"P{i:03d}" for i in range(n)]
+    y = rng.integers(0, 2, n)
+    idx_date = pd.Timestamp("2021-01-01")
+    notes, events = [], []
+    for i in range(n):
+        cue = "worsening gait ataxia relapse" if y[i] else "stable doing well walking"
+        for d in (30, 200):
+            notes.append((pid[i], idx_date - pd.Timedelta(days=d), f"{cue} canary{_letters(i)}"))
+        notes.append((pid[i], idx_date + pd.Timedelta(days=10), "futureword leak"))
+        for d in (20, 60, 400):
+            events.append((pid[i], f"E{i}_{d}", idx_date - pd.Timedelta(days=d), "lab", "crp", rng.normal()))
+    notes = pd.DataFrame(notes, columns=["patient_id", "time", "text"])
+    events = pd.DataFrame(events, columns=["patient_id", "encounter_id", "time", "table", "variable", "value"])
+    tab = pd.DataFrame({"patient_id": pid, "index_date": idx_date, "dev__n_crit": rng.poisson(2, n).astype(float),
+                        "y": y})
+    from features.notes import NoteEmbedder
+
+    hook = FoldFeaturizer(notes=notes, events=events, note_embedder=NoteEmbedder(n_components=4, min_df=1))
+    res = compare_models(tab, "y", models=("dev_count_logistic", "txt_xgb", "ehr_xgb"), ablations=False,
+                         n_splits=3, n_repeats=1, device="cpu", xgb_params=XGB, preprocessors=hook)
+    assert len(hook.fitted_) == 3
+    fold = res.folds["repeat_0"]
+    for k, rec in enumerate(hook.fitted_):
+        vocab = set(rec["note_embedder"].vectorizer_.vocabulary_)
+        test_ids = set(tab.loc[fold == k, "patient_id"])
+        assert not any(f"canary{_letters(int(p[1:]))}" in vocab for p in test_ids)
+        assert any(f"canary{_letters(int(p[1:]))}" in vocab for p in rec["train_ids"])
+        assert "futureword" not in vocab
+        assert set(rec["train_ids"]).isdisjoint(test_ids)
+        assert rec["ehr_featurizer"].variables_ == ["crp"]
+    s = res.summary()
+    assert s.loc["txt_xgb", "auroc"] > 0.9  # the planted note cue
+    assert s.loc["ehr_xgb", "auroc_ci_low"] < 0.5 < s.loc["ehr_xgb", "auroc_ci_high"]
