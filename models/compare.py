@@ -313,10 +313,10 @@ def _fusion_data(tr: pd.DataFrame, te: pd.DataFrame, mods: Sequence[str], cols: 
         a = tr[cols[m]].to_numpy(dtype=np.float64, na_value=np.nan)
         b = te[cols[m]].to_numpy(dtype=np.float64, na_value=np.nan)
         pres = ~np.isnan(a).all(1)
-        med = np.nanmedian(a[pres], axis=0) if pres.any() else np.zeros(a.shape[1])
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.where(np.isnan(med), 0.0, med)
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column NaN in every training row
+            med = np.nanmedian(a[pres], axis=0) if pres.any() else np.zeros(a.shape[1])
+        med = np.where(np.isnan(med), 0.0, med)
         for arr, store in ((a, static_tr), (b, static_te)):
             part = np.isnan(arr) & ~np.isnan(arr).all(1)[:, None]
             n_imp += int(part.sum())
@@ -561,12 +561,13 @@ def compare_models(
             tr_pos = np.flatnonzero(folds[:, r] != k)
             te_pos = np.flatnonzero(folds[:, r] == k)
             tr, te = t.iloc[tr_pos], t.iloc[te_pos]
+            fcols = cols
             if preprocessors is not None:
                 tr, te = _run_hook(preprocessors, tr, te, who, r, k)
-            fold_tables[(r, k)] = (tr_pos, te_pos, tr, te)
-    if preprocessors is not None:
-        tr0, te0 = fold_tables[(0, 0)][2:]
-        cols = _check_table(pd.concat([tr0, te0]), who + " (after preprocessors)")
+                fcols = _check_table(pd.concat([tr, te]), f"{who} (preprocessors output, repeat {r}, fold {k})")
+            fold_tables[(r, k)] = (tr_pos, te_pos, tr, te, fcols)
+    if preprocessors is not None:  # modality availability as seen in the first fold
+        tr0, te0, cols = fold_tables[(0, 0)][2:]
         probe = pd.concat([tr0, te0])
     else:
         probe = t
@@ -588,7 +589,7 @@ def compare_models(
     oof = {s.name: np.full((len(y), folds.shape[1]), np.nan) for s in specs}
     secs = dict.fromkeys(oof, 0.0)
     shap_rows, weight_rows = [], []
-    for (r, k), (tr_pos, te_pos, tr, te) in fold_tables.items():
+    for (r, k), (tr_pos, te_pos, tr, te, fcols) in fold_tables.items():
         ytr, yte_n = y[tr_pos], len(te_pos)
         seed = int(random_state) + r
         fusion_cache: dict = {}
@@ -613,7 +614,7 @@ def compare_models(
 
                 key = s.mods
                 if key not in fusion_cache:
-                    fusion_cache[key] = _fusion_data(tr, te, s.mods, cols, seqs, tr_pos, te_pos,
+                    fusion_cache[key] = _fusion_data(tr, te, s.mods, fcols, seqs, tr_pos, te_pos,
                                                      id_col, f"{who} [{s.name}]")
                 dtr, dte = fusion_cache[key]
                 est = FusionClassifier(s.strategy, device=device, random_state=seed, **fp)

@@ -245,11 +245,28 @@ def test_nan_features_allowed_inf_refused(small):
     """NaN cells are handled (XGBoost: missing; fusion/logistic: imputed); inf names the column."""
     tab = small.copy()
     tab.loc[tab.index[::5], "dev__Z03"] = np.nan
-    res = _cheap(tab, models=("dev_count_logistic", "dev_xgb", "fusion_concat"), fusion_params=FUSION)
+    res = _cheap(tab)
     assert np.isfinite(res.oof_predictions["p"]).all()
     tab.loc[tab.index[4], "ehr__v02__mean_365d"] = np.inf
     with pytest.raises(ColumnContractError, match=r"'ehr__v02__mean_365d' holds inf at row 4"):
         _cheap(tab)
+
+
+def test_fusion_inputs_imputed_with_training_medians():
+    """Fusion inputs: all-NaN modality rows mark absence; other NaN cells get the training median."""
+    from models.compare import _fusion_data
+
+    tr = pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "dev__x": [1.0, 3.0, np.nan, 100.0],
+                       "dev__y": [0.0, np.nan, np.nan, 2.0], "txt__0": [np.nan, 1.0, 2.0, 3.0]})
+    te = pd.DataFrame({"patient_id": ["e", "f"], "dev__x": [np.nan, 5.0], "dev__y": [7.0, np.nan],
+                       "txt__0": [np.nan, 4.0]})
+    cols = {"dev": ["dev__x", "dev__y"], "txt": ["txt__0"]}
+    dtr, dte = _fusion_data(tr, te, ("dev", "txt"), cols, {}, np.arange(4), np.arange(2), "patient_id", "t")
+    # training medians over rows where dev is present (a, b, d): x -> median(1, 3, 100) = 3, y -> median(0, 2) = 1
+    assert_allclose(dtr.static["dev"], [[1, 0], [3, 1], [0, 0], [100, 2]])
+    assert_allclose(dte.static["dev"], [[3, 7], [5, 1]])
+    assert dtr.presence.tolist() == [[True, False], [True, True], [False, True], [True, True]]
+    assert dte.presence.tolist() == [[True, False], [True, True]]
 
 
 def test_sequences_with_mismatched_ids_refused(small):
