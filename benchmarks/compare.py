@@ -41,7 +41,7 @@ def run(n_patients: int, n_splits: int, n_repeats: int, device: str, quick: bool
     from normfuse.errors import ConvergenceWarning
 
     tab = simulate_comparison_table(n_patients, random_state=seed)
-    xgb = {"n_estimators": 60, "n_jobs": 1} if quick else {}
+    xgb = {"n_estimators": 60} if quick else {}
     fusion = {"epochs": 8, "embed_dim": 16} if quick else {}
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
@@ -85,7 +85,7 @@ def _markdown(res, wall: float, cpu: float, args, device_used: str) -> str:
         f"and `fusion_concat`, on {res.n_repeats} x {res.n_splits} identical patient-grouped, "
         "outcome-stratified folds; "
         + ("small models (XGBoost 60 trees, fusion 8 epochs)." if args.quick else
-           "default XGBoost (<= 500 trees, early stopping 30) and FusionClassifier (<= 100 epochs, "
+           "default XGBoost (<= 500 trees, early stopping 30, 1 thread) and FusionClassifier (<= 100 epochs, "
            "patience 10, 1 torch thread) settings."),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, device `{device_used}`, torch "

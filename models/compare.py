@@ -447,6 +447,9 @@ def compare_models(
     fusion_params, xgb_params : mapping, optional
         Extra keyword arguments of :class:`models.fusion.FusionClassifier` and
         :class:`models.xgb.XGBClassifierModel` (e.g. ``{"epochs": 30}``, ``{"n_estimators": 200}``).
+        XGBoost gets ``n_jobs=1`` unless given: on a few hundred rows thread start-up
+        dominates (one all-features fit on 290 rows: 0.5 s with 1 thread, 3.4 s with the
+        default on the shared 2-core machine).
     verbose : int
         > 0 logs one line per model and fold at INFO.
 
@@ -462,6 +465,17 @@ def compare_models(
     ColumnContractError
         No prefixed feature column, a non-numeric or infinite feature, a missing
         ``id_col``, or sequences whose patient ids differ from the table's.
+    ValueError (from :class:`models.fusion_data.FusionData`)
+        A fusion model (or ablation) meets a patient with none of its modalities; such
+        patients cannot be scored by the network: drop them or keep a modality every
+        patient has (usually ``demo__``).
+
+    Notes
+    -----
+    Runtime grows with ``n_repeats x n_splits x`` (models + ablations); everything runs in
+    this process, one fit at a time (XGBoost uses ``n_jobs`` threads, torch one thread by
+    default). On the 2-core development machine the default comparison on 362 patients
+    takes a few minutes (see ``benchmarks/RESULTS.md``, "Model comparison").
 
     See Also
     --------
@@ -521,7 +535,7 @@ def compare_models(
     t = table.loc[keep].drop(columns=drop_cols)
     y = lab[keep].astype(np.int8)
     fp = dict(fusion_params or {})
-    xp = dict(xgb_params or {})
+    xp = {"n_jobs": 1, **dict(xgb_params or {})}  # one thread: 7x faster than all cores at this size
     for bad_key in ("strategy", "random_state", "device"):
         if bad_key in fp or bad_key in xp:
             raise ValueError(f"{who}: pass {bad_key!r} as an argument of compare_models, not inside "
