@@ -73,6 +73,19 @@ def _markdown(res, wall: float, cpu: float, args, device_used: str) -> str:
             else:
                 cells.append(f"{v:.3f}")
         lines.append(f"| `{name}` | {row['modalities']} | " + " | ".join(cells) + " |")
+    ran = s[s["skipped"] == ""]
+    above = [f"`{m}`" for m in ran.index if ran.at[m, "kind"] == "model" and ran.at[m, "auroc_ci_low"] > 0.5]
+    chance = [f"`{m}`" for m in ran.index if ran.at[m, "kind"] == "model" and ran.at[m, "auroc_ci_low"] <= 0.5]
+    abl = ran[ran["kind"] == "ablation"]
+    sig = [f"`{m}` ({abl.at[m, 'delta_vs_full']:+.3f}, p {abl.at[m, 'p_vs_full']:.2g})"
+           for m in abl.index if abl.at[m, "p_vs_full"] < 0.05]
+    ns = [f"`{m}`" for m in abl.index if abl.at[m, "p_vs_full"] >= 0.05]
+    reading = (
+        f"Reading (generated from the table): AUROC CI above 0.5: {', '.join(above) or 'none'}; "
+        f"CI including 0.5: {', '.join(chance) or 'none'}. Ablations that lose AUROC significantly "
+        f"(p < 0.05 vs the full model): {', '.join(sig) or 'none'}; not significant: "
+        f"{', '.join(ns) or 'none'}. The planted truth is dev and txt informative, EHR and demo noise."
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     n = int(s["n_patients"].iloc[0])
     ev = int(s["n_events"].iloc[0])
@@ -101,7 +114,7 @@ def _markdown(res, wall: float, cpu: float, args, device_used: str) -> str:
         "their full model), combined the same way. Calibration slope/intercept on the pooled "
         "out-of-fold risks (class-weighted models are not calibrated by design: intercepts < 0).",
         "",
-        *lines, "",
+        *lines, "", reading, "",
     ])
 
 
