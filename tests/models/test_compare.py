@@ -405,3 +405,11 @@ def test_fold_featurizer_fits_notes_and_events_on_training_patients_only():
     s = res.summary()
     assert s.loc["txt_xgb", "auroc"] > 0.9  # the planted note cue
     assert s.loc["ehr_xgb", "auroc_ci_low"] < 0.5 < s.loc["ehr_xgb", "auroc_ci_high"]
+
+
+def test_label_series_equals_label_column(small):
+    """Labels given as a Series indexed like the table give the same comparison as the column name."""
+    a = _cheap(small).summary()
+    b = compare_models(small.drop(columns="y"), small["y"], models=CHEAP, ablations=False, n_splits=3,
+                       n_repeats=1, device="cpu", xgb_params=XGB).summary()
+    assert_allclose(a["auroc"].to_numpy(dtype=float), b["auroc"].to_numpy(dtype=float), rtol=1e-12)
