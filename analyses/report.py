@@ -569,6 +569,16 @@ class _Builder:
             if not isinstance(s, pd.DataFrame):
                 raise TypeError("build_report: 'shap' takes SHAP DataFrames (XGBClassifierModel.shap_values), "
                                 f"got {type(s).__name__}.")
+            if {"feature", "mean_abs_shap"} <= set(s.columns):     # already aggregated (ComparisonResult)
+                from models.plotting import plot_feature_importance
+
+                parts.append((f"<h3>{html.escape(name)}</h3>" if name else "")
+                             + "<p class=\"note\">Mean |SHAP| per feature (log-odds), averaged over "
+                             "cross-validation folds.</p>"
+                             + self.figs.plot(lambda ax, s=s: plot_feature_importance(s, ax=ax),
+                                              alt="Mean absolute SHAP value per feature", figsize=(6, 5))
+                             + _table(s.set_index("feature").head(20)))
+                continue
             imp = s.drop(columns=["bias"], errors="ignore").abs().mean().sort_values(ascending=False)
             parts.append((f"<h3>{html.escape(name)}</h3>" if name else "")
                          + f"<p class=\"note\">Mean |SHAP| over {len(s)} predictions (log-odds).</p>"
@@ -584,6 +594,16 @@ class _Builder:
             obj = pd.Series(obj, dtype=float)
         if isinstance(obj, pd.DataFrame) and _is_individual(obj) and not self.individual:
             obj = obj.drop(columns=[c for c in _ID_COLUMNS if c in obj.columns]).mean(numeric_only=True)
+        if isinstance(obj, pd.DataFrame) and not _is_individual(obj) and len(obj) <= 10:
+            # one row per fusion model (ComparisonResult.modality_weights): show each
+            tab = obj.astype(float)
+
+            def draw_models(ax, tab=tab):
+                tab.T.plot.bar(ax=ax, rot=0)
+                ax.set_ylabel("Mean modality weight")
+                ax.legend(fontsize=7)
+            return (self.figs.plot(draw_models, alt="Modality weights per fusion model", figsize=(6, 3.5))
+                    + _table(tab)), []
         if isinstance(obj, pd.DataFrame):
             obj = obj.mean(numeric_only=True)
         w = obj.astype(float)

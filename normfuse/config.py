@@ -135,6 +135,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "n_boot": Key("int", 500, "Bootstrap replicates for metric CIs.", minimum=0),
         "n_jobs": Key("int", 1, "Threads for XGBoost (1 is fastest on busy shared machines).",
                       minimum=1),
+        "compare": Key("strs", ["dev_count_logistic", "dev_xgb", "ehr_xgb", "txt_xgb", "all_xgb",
+                                "fusion_concat", "fusion_lstm", "fusion_bigru_attention",
+                                "fusion_late"],
+                       "Models compared on identical folds (see models.compare.MODEL_NAMES)."),
+        "n_repeats": Key("int", 1, "Repeats of the patient-grouped, outcome-stratified CV.",
+                         minimum=1),
+        "ablations": Key("bool", True, "Leave-one-modality-out ablations of all_xgb and fusion_concat."),
     },
     "analyses": {
         "theta": Key("float", 1.0, "Fixed negative-binomial theta of the published count model "

@@ -498,18 +498,9 @@ def stage_features(cfg: Mapping, ctx: dict) -> dict:
     return {"tables": {"visits": visits, "analysis_table": table, "event_times": times}}
 
 
-def _compare_models():
-    try:
-        from models.compare import compare_models
-    except ImportError:
-        return None
-    return compare_models
-
-
 def stage_models(cfg: Mapping, ctx: dict) -> dict:
-    """Deviation features vs all features (XGBoost, patient-grouped CV); comparison if present."""
-    from models.evaluate import evaluate_predictions
-    from models.xgb import XGBClassifierModel, cross_val_risk, grouped_folds
+    """Deviation features vs deep fusion on identical patient-grouped folds (models.compare)."""
+    from models.xgb import XGBClassifierModel
     from normfuse.contracts import milestone_label
 
     m = cfg["models"]
@@ -530,34 +521,41 @@ def stage_models(cfg: Mapping, ctx: dict) -> dict:
                     int(y.sum()), len(y), m["n_splits"])
         return {"tables": {"model_metrics": pd.DataFrame(
             {"note": [f"too few events for {label}"]})}, "results": results}
-    folds = grouped_folds(tab, y, n_splits=m["n_splits"], random_state=seed)
+    from features.ehr import EHRFeaturizer
+    from features.notes import NoteEmbedder
+    from models.compare import compare_models
+    from models.compare_inputs import FoldFeaturizer
+
+    f = cfg["features"]
+    hook = None
+    if (f["ehr"] or f["notes"]) and any(c.startswith(("ehr__", "txt__")) for c in tab.columns):
+        # the EHR and note featurizers are refitted inside every training fold
+        clin = _clinical(cfg)
+        hook = FoldFeaturizer(
+            notes=clin["notes"] if f["notes"] and any(c.startswith("txt__") for c in tab.columns) else None,
+            events=clin["events"] if f["ehr"] and any(c.startswith("ehr__") for c in tab.columns) else None,
+            encounters=clin["encounters"],
+            note_embedder=NoteEmbedder("tfidf", n_components=f["note_components"], random_state=seed),
+            ehr_featurizer=EHRFeaturizer(lookbacks=tuple(f["lookbacks"]),
+                                         stats=("last", "mean", "min", "max", "count")))
+    xgb_params = {"n_estimators": m["n_estimators"], "n_jobs": m["n_jobs"]}
+    comp = compare_models(tab, y, models=tuple(m["compare"]), ablations=m["ablations"],
+                          n_splits=m["n_splits"], n_repeats=m["n_repeats"], preprocessors=hook,
+                          n_boot=m["n_boot"], random_state=seed, device="cpu",
+                          xgb_params=xgb_params)
+    results["comparison"] = comp
+    tables["model_comparison"] = comp.summary().reset_index()
+    tables["model_predictions"] = comp.oof_predictions
+    tables["model_metrics"] = comp.per_repeat.reset_index() if hasattr(comp.per_repeat, "reset_index") \
+        else pd.DataFrame(comp.per_repeat)
+    # final models on every labelled row, saved for scoring new patients
     sets = {"deviations": ("dev__", "demo__"),
             "all": tuple(p for p in ("dev__", "ehr__", "txt__", "demo__")
                          if any(c.startswith(p) for c in tab.columns))}
-    preds = pd.DataFrame({"patient_id": tab["patient_id"].to_numpy(), "fold": folds.to_numpy(),
-                          label: y.to_numpy()}, index=tab.index)
-    metrics = []
     for name, prefixes in sets.items():
-        est = XGBClassifierModel(feature_prefixes=prefixes, n_estimators=m["n_estimators"],
-                                 n_jobs=m["n_jobs"], random_state=seed, device="cpu")
-        risk = cross_val_risk(est, tab, y, folds)
-        preds[f"risk_{name}"] = risk.to_numpy()
-        ev = evaluate_predictions(y.to_numpy(), risk.to_numpy(), n_boot=m["n_boot"],
-                                  random_state=seed)
-        results[f"evaluation_{name}"] = ev
-        s = ev.summary().reset_index()
-        s.insert(0, "features", name)
-        metrics.append(s)
-        models[f"xgb_{name}"] = XGBClassifierModel(**est.get_params()).fit(tab, y)
-    cm = _compare_models()
-    if cm is not None:
-        try:
-            results["comparison"] = cm(tab, y)
-            tables["model_comparison"] = results["comparison"].summary().reset_index()
-        except Exception as exc:  # the comparison is optional: report why it did not run
-            log.warning("models: compare_models failed (%s); comparison left out", exc)
-    tables["model_predictions"] = preds
-    tables["model_metrics"] = pd.concat(metrics, ignore_index=True)
+        models[f"xgb_{name}"] = XGBClassifierModel(
+            feature_prefixes=prefixes, n_estimators=m["n_estimators"], n_jobs=m["n_jobs"],
+            random_state=seed, device="cpu").fit(tab, y)
     return {"tables": tables, "results": results, "models": models}
 
 
@@ -689,7 +687,15 @@ def _report_inputs(ctx: dict) -> dict:
     if counts:
         out["counts"] = counts
     if res.get("comparison") is not None:
-        out["comparison"] = res.pop("comparison")
+        comp = out["comparison"] = res.pop("comparison")
+        for key, getter in (("shap", "shap_summary"), ("modality_weights", "modality_weights")):
+            try:
+                val = getattr(comp, getter)()
+            except (ValueError, KeyError, AttributeError) as exc:   # model not in the comparison
+                log.info("report: no %s (%s)", key, exc)
+                continue
+            if val is not None and len(val):
+                out[key] = {"all_xgb": val} if key == "shap" else val
     evals = {name: res.pop(k) for k, name in (("evaluation_deviations", "deviation features (XGBoost)"),
                                                ("evaluation_all", "all features (XGBoost)"))
              if res.get(k) is not None}
