@@ -44,7 +44,7 @@ class DesignSpec:
     """Learned description of the design (knots, scalings, sites); builds X and Zs."""
 
     def __init__(self, *, covariates, site_col, age_col, age_range, loc_knots, scale_knots,
-                 linear_stats, sites, site_scale=True):
+                 linear_stats, sites, site_scale=True, scale_covariates=("age", "sex")):
         self.covariates = list(covariates)
         self.site_col = site_col
         self.age_col = age_col
@@ -54,10 +54,12 @@ class DesignSpec:
         self.linear_stats = {k: (float(m), float(s)) for k, (m, s) in linear_stats.items()}
         self.sites = list(sites)
         self.site_scale = bool(site_scale)
+        self.scale_covariates = list(scale_covariates)
         self.extra_sites: list[str] = []     # adapted sites (no design columns)
 
     @classmethod
-    def learn(cls, df, covariates, site_col, age_df, scale_age_df, who, site_scale=True):
+    def learn(cls, df, covariates, site_col, age_df, scale_age_df, who, site_scale=True,
+              scale_covariates=None):
         covariates = list(covariates)
         age_col = "age" if "age" in covariates else None
         age_range = loc_knots = scale_knots = None
@@ -85,7 +87,9 @@ class DesignSpec:
         return cls(covariates=covariates, site_col=site_col, age_col=age_col, age_range=age_range,
                    loc_knots=[] if loc_knots is None else loc_knots,
                    scale_knots=[] if scale_knots is None else scale_knots,
-                   linear_stats=lin, sites=sites, site_scale=site_scale)
+                   linear_stats=lin, sites=sites, site_scale=site_scale,
+                   scale_covariates=[c for c in ("age", "sex") if c in covariates]
+                   if scale_covariates is None else scale_covariates)
 
     def site_codes(self, df, who, allowed=None) -> np.ndarray:
         if self.site_col is None:
@@ -120,11 +124,13 @@ class DesignSpec:
             lo, hi = self.age_range
             out = (age < lo) | (age > hi)
             loc.append(bspline_basis(age, lo, hi, self.loc_knots))
-            sc.append(bspline_basis(age, lo, hi, self.scale_knots))
+            if "age" in self.scale_covariates:
+                sc.append(bspline_basis(age, lo, hi, self.scale_knots))
         if "sex" in self.covariates:
             sx = sex_indicator(df["sex"].to_numpy(dtype=object), who)[:, None]
             loc.append(sx)
-            sc.append(sx)
+            if "sex" in self.scale_covariates:
+                sc.append(sx)
         for c, (m, s) in self.linear_stats.items():
             loc.append(((df[c].to_numpy(float) - m) / s)[:, None])
         codes = self.site_codes(df, who, allowed=sites)
@@ -146,7 +152,8 @@ class DesignSpec:
                 "age_range": self.age_range, "loc_knots": self.loc_knots.tolist(),
                 "scale_knots": self.scale_knots.tolist(),
                 "linear_stats": {k: list(v) for k, v in self.linear_stats.items()},
-                "sites": self.sites, "site_scale": self.site_scale, "extra_sites": self.extra_sites}
+                "sites": self.sites, "site_scale": self.site_scale, "extra_sites": self.extra_sites,
+                "scale_covariates": self.scale_covariates}
 
     @classmethod
     def from_dict(cls, d):
@@ -159,4 +166,5 @@ class DesignSpec:
         return cls(covariates=d["covariates"], site_col=d["site_col"], age_col=d["age_col"],
                    age_range=d["age_range"], loc_knots=d["loc_knots"], scale_knots=d["scale_knots"],
                    linear_stats=d["linear_stats"], sites=d["sites"],
-                   site_scale=d.get("site_scale", True))
+                   site_scale=d.get("site_scale", True),
+                   scale_covariates=d.get("scale_covariates", ("age", "sex")))

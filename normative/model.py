@@ -73,6 +73,10 @@ class NormativeModel:
         weight; ``"normal"``: Gaussian with heteroscedastic scale.
     age_df, scale_age_df : int, default 6 and 3
         B-spline basis columns for age in the location and the log-scale.
+    scale_covariates : sequence of {"age", "sex"}, optional
+        Covariates of the log-scale (heteroscedasticity). Default: age (B-spline) and
+        sex when they are covariates. ``()`` gives a homoscedastic scale per region
+        (besides site scales), the structure of pcntoolkit's warped BLR.
     site_scale : bool, default False
         Also give each site its own (shrunk) log-scale. Off by default: on the
         fcon1000 benchmark it over-fitted small sites (held-out Z sd 1.06 vs 1.04).
@@ -122,6 +126,7 @@ class NormativeModel:
         age_df: int = 6,
         scale_age_df: int = 3,
         site_scale: bool = False,
+        scale_covariates: Sequence[str] | None = None,
         predictive: Literal["posterior", "plugin"] = "posterior",
         backend: Literal["native", "pcntoolkit"] = "native",
         device: str = "cpu",
@@ -135,6 +140,7 @@ class NormativeModel:
         self.age_df = age_df
         self.scale_age_df = scale_age_df
         self.site_scale = site_scale
+        self.scale_covariates = scale_covariates
         self.predictive = predictive
         self.backend = backend
         self.device = device
@@ -149,6 +155,7 @@ class NormativeModel:
             ("likelihood", self.likelihood), ("age_df", self.age_df),
             ("scale_age_df", self.scale_age_df), ("site_scale", self.site_scale),
             ("predictive", self.predictive),
+            ("scale_covariates", None if self.scale_covariates is None else list(self.scale_covariates)),
             ("backend", self.backend),
             ("device", self.device), ("max_iter", self.max_iter), ("verbose", self.verbose))}
 
@@ -159,6 +166,10 @@ class NormativeModel:
             raise ValueError(f"Got predictive={self.predictive!r}; expected 'posterior' or 'plugin'.")
         if self.backend not in ("native", "pcntoolkit"):
             raise ValueError(f"Got backend={self.backend!r}; expected 'native' or 'pcntoolkit'.")
+        if self.scale_covariates is not None:
+            bad = [c for c in self.scale_covariates if c not in ("age", "sex") or c not in self.covariates]
+            if bad:
+                raise ValueError(f"scale_covariates may hold 'age' and/or 'sex' among the covariates; got {bad}.")
         if int(self.age_df) < 3 or int(self.scale_age_df) < 3:
             raise ValueError("age_df and scale_age_df must be >= 3 (cubic B-spline columns).")
 
@@ -263,7 +274,8 @@ class NormativeModel:
             raise ColumnContractError(f"{who}: fewer than 10 observed values for {bad[:10]}; cannot fit.")
         self.design_ = DesignSpec.learn(controls, self.covariates, self.site_col,
                                         int(self.age_df), int(self.scale_age_df), who,
-                                        site_scale=self.site_scale)
+                                        site_scale=self.site_scale,
+                                        scale_covariates=self.scale_covariates)
         if self.site_col is not None:
             counts = controls[self.site_col].astype("string").value_counts()
             small = counts[counts < 5]
