@@ -157,3 +157,16 @@ def test_fit_chunked_input_errors(sim):
     bad.loc[bad.index[4], cols[0]] = "n/a"
     with pytest.raises(ColumnContractError, match=r"'n/a'"):
         fit_chunked(bad, cols, chunk_size=5)
+
+
+@pytest.mark.gpu
+def test_fit_chunked_cuda_matches_cpu(sim):
+    """On a GPU, chunked fits give the CPU Z to float tolerance (skipped without CUDA)."""
+    from normfuse.device import cuda_available
+
+    if not cuda_available():
+        pytest.skip("needs a CUDA device visible to torch (none here); runs on GPU machines")
+    ref, test, _, cols = sim
+    cpu = fit_chunked(ref, cols, chunk_size=5)
+    gpu = fit_chunked(ref, cols, chunk_size=5, device="cuda")
+    assert_allclose(gpu.transform(test).to_numpy(), cpu.transform(test).to_numpy(), atol=1e-6)
