@@ -560,12 +560,12 @@ class XGBClassifierModel(ClassifierMixin, BaseEstimator):
             spw = 1.0 if self.scale_pos_weight is None else float(self.scale_pos_weight)
         device = xgboost_device(self.device)
         names = [f"f{j}" for j in range(len(features))]
-        x = x.rename(columns=dict(zip(features, names)))
+        x = x.rename(columns=dict(zip(features, names, strict=True)))
         dtrain = dxgb.DaskDMatrix(client, x, lab.astype("int8"), missing=np.nan)
         evals, es, n_val = [], None, 0
         if eval_table is not None and self.early_stopping_rounds is not None:
             ev = eval_table[eval_table[y].notnull()]
-            xv = ev[features].astype("float32").rename(columns=dict(zip(features, names)))
+            xv = ev[features].astype("float32").rename(columns=dict(zip(features, names, strict=True)))
             dval = dxgb.DaskDMatrix(client, xv, ev[y].astype("int8"), missing=np.nan)
             evals, es = [(dval, "validation")], int(self.early_stopping_rounds)
             n_val = int(ev.shape[0].compute())

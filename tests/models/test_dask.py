@@ -94,3 +94,20 @@ def test_xgboost_dask_two_workers_close_to_local(client, table):
     a_l, a_d = auroc(table["y"], pl), auroc(table["y"], pd_)
     assert abs(a_l - a_d) < 0.02
     assert dist.n_train_ == 1495 and dist.n_dropped_ == 5
+
+
+def test_xgboost_dask_early_stopping_on_eval_table(client, table):
+    """An eval_table drives early stopping; the model saves and reloads with equal risks."""
+    import tempfile
+
+    kw = dict(feature_prefixes=("dev__", "ehr__", "demo__"), n_estimators=300,
+              early_stopping_rounds=5, learning_rate=0.3, device="cpu", n_jobs=1)
+    m = XGBClassifierModel(**kw).fit_dask(client, table.iloc[:1200], "y",
+                                          eval_table=table.iloc[1200:])
+    assert m.n_val_ == 300 and m.n_train_ == 1200
+    assert m.best_iteration_ < 299 and m.validation_loss_.size > m.best_iteration_
+    assert abs(m.validation_loss_.min() - m.validation_loss_[m.best_iteration_]) < 1e-12
+    with tempfile.TemporaryDirectory() as d:
+        m.save(f"{d}/m")
+        back = XGBClassifierModel.load(f"{d}/m")
+    assert_array_equal(back.predict_proba(table), m.predict_proba(table))
