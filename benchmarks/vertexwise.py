@@ -5,7 +5,7 @@ site offsets, heteroscedastic noise and planted standard-normal deviations, writ
 into one ``(n, R)`` float64 array in vertex blocks (no DataFrame of the whole
 thing); then times :func:`normative.many.fit_chunked` and
 :func:`normative.many.transform_chunked`, reports peak RSS after each stage
-(``resource.getrusage``) and checks the Z against the planted deviations.
+(``resource.getrusage`` overall; a 50 ms /proc sampler within each stage) and checks the Z against the planted deviations.
 
 Run (repository root)::
 
@@ -30,6 +30,42 @@ def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux: ru_maxrss in KiB)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 if sys.platform != "darwin" else r / 2**20
+
+
+def current_rss_mb() -> float:
+    """Current resident set size in MiB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+class StagePeak:
+    """Peak RSS within a ``with`` block, sampled every 50 ms by a thread."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak = current_rss_mb()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.05):
+                self.peak = max(self.peak, current_rss_mb())
+
+        self._t = threading.Thread(target=sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, current_rss_mb())
+        return False
 
 
 def simulate(n: int, R: int, *, n_sites: int = 6, seed: int = 0, block: int = 2048):
@@ -71,18 +107,23 @@ def run(n: int, R: int, chunk_size: int, likelihood: str, seed: int = 0) -> dict
     cov, Y, Ztrue = simulate(n, R, seed=seed)
     out["simulate_s"] = round(time.perf_counter() - t, 2)
     out["data_mb"] = round(Y.nbytes / 2**20, 1)
-    out["rss_after_simulate_mb"] = round(peak_rss_mb(), 1)
+    out["simulate_peak_rss_mb"] = round(peak_rss_mb(), 1)
     names = vertex_names("fsaverage5") if R == 20484 else None
+    out["rss_before_fit_mb"] = round(current_rss_mb(), 1)
     t = time.perf_counter()
-    model = fit_chunked(cov, Y, names=names, chunk_size=chunk_size, likelihood=likelihood)
+    with StagePeak() as pk:
+        model = fit_chunked(cov, Y, names=names, chunk_size=chunk_size, likelihood=likelihood)
     out["fit_s"] = round(time.perf_counter() - t, 2)
-    out["rss_after_fit_mb"] = round(peak_rss_mb(), 1)
+    out["fit_peak_rss_mb"] = round(pk.peak, 1)
     out["converged"] = float(np.mean(model.converged_))
     Zhat = np.empty((n, R), dtype=np.float32)
+    out["rss_before_transform_mb"] = round(current_rss_mb(), 1)
     t = time.perf_counter()
-    transform_chunked(model, cov, Y, chunk_size=chunk_size, out=Zhat)
+    with StagePeak() as pk:
+        transform_chunked(model, cov, Y, chunk_size=chunk_size, out=Zhat)
     out["transform_s"] = round(time.perf_counter() - t, 2)
-    out["rss_after_transform_mb"] = round(peak_rss_mb(), 1)
+    out["transform_peak_rss_mb"] = round(pk.peak, 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     # in-sample accuracy against the planted deviations
     out["z_sd"] = round(float(Zhat.std()), 4)
     out["frac_abs_z_gt_1.96"] = round(float((np.abs(Zhat) > 1.96).mean()), 4)
