@@ -196,13 +196,29 @@ def fit_chunked(
             _log.info("%s: fitted chunk %d/%d (responses %d-%d)", who, k + 1, len(blocks), s, e - 1)
     else:
         checks.optional_import("distributed", "dask", "fit_chunked(client=...)")
+        from distributed import as_completed
+
         cov_f = client.scatter(cov, broadcast=True)
-        futures = []
-        for s, e in blocks:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        window = 2 * n_workers          # blocks in flight: bounds driver and worker memory
+        models = [None] * len(blocks)
+
+        def submit(k):
+            s, e = blocks[k]
             blk = client.scatter(block_of(s, e))
-            futures.append(client.submit(_fit_block, cov_f, blk, names[s:e], dict(model_kwargs),
-                                         pure=False))
-        models = client.gather(futures)
+            fut = client.submit(_fit_block, cov_f, blk, names[s:e], dict(model_kwargs),
+                                pure=False)
+            slot[fut.key] = k
+            return fut
+
+        slot: dict = {}
+        nxt = min(window, len(blocks))
+        pending = as_completed([submit(k) for k in range(nxt)], with_results=True)
+        for fut, model in pending:
+            models[slot.pop(fut.key)] = model
+            if nxt < len(blocks):
+                pending.add(submit(nxt))
+                nxt += 1
         _log.info("%s: fitted %d chunks on the cluster", who, len(blocks))
     return concat_models(models)
 
