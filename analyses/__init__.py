@@ -39,6 +39,7 @@ _EXPORTS = {
     "DeviationRule": "stratify", "learn_rule": "stratify", "evaluate_rule": "stratify",
     "StratificationResult": "stratify",
     "simulate_cohort": "simulate",
+    "build_report": "report", "Report": "report", "cohort_table": "report",
 }
 
 __all__ = sorted(_EXPORTS)

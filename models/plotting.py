@@ -12,7 +12,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from models.calibration import CalibrationResult, DecisionCurveResult
     from models.evaluate import RocCurveResult
 
-__all__ = ["plot_roc", "plot_calibration", "plot_decision_curve", "plot_shap_importance"]
+__all__ = ["plot_roc", "plot_calibration", "plot_decision_curve", "plot_shap_importance",
+           "plot_feature_importance", "plot_modality_weights"]
 
 
 def _axes(ax):
@@ -118,4 +119,60 @@ def plot_shap_importance(shap, ax=None, *, top: int = 15, color: str = "C0"):
     imp = imp.iloc[:top][::-1]
     ax.barh([str(i) for i in imp.index], imp.to_numpy(), color=color)
     ax.set_xlabel("Mean |SHAP value| (log-odds)")
+    return ax
+
+
+def plot_feature_importance(importance, ax=None, *, top: int = 15, value: str = "mean_abs_shap",
+                            color: str = "C0"):
+    """Horizontal bars of an already aggregated importance table (largest on top).
+
+    Parameters
+    ----------
+    importance : DataFrame with columns ``feature`` and ``value`` (e.g.
+        :meth:`models.compare.ComparisonResult.shap_summary`); an ``sd_folds`` column, when
+        present, is drawn as error bars.
+    top : number of features shown.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    ax = _axes(ax)
+    imp = importance.sort_values(value, ascending=False).iloc[:top][::-1]
+    err = imp["sd_folds"].fillna(0.0).to_numpy() if "sd_folds" in imp.columns else None
+    ax.barh(imp["feature"].astype(str).tolist(), imp[value].to_numpy(dtype=float), xerr=err,
+            color=color)
+    ax.set_xlabel("Mean |SHAP value| (log-odds)" if value == "mean_abs_shap" else value)
+    return ax
+
+
+def plot_modality_weights(weights, ax=None):
+    """Grouped bars: mean fusion weight of each modality (columns) per model (rows).
+
+    Parameters
+    ----------
+    weights : DataFrame indexed by model with one column per modality (e.g.
+        :meth:`models.compare.ComparisonResult.modality_weights`).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    import numpy as np
+
+    ax = _axes(ax)
+    if weights.empty:
+        ax.text(0.5, 0.5, "no modality weights (no bigru_attention/late model ran)",
+                ha="center", va="center", transform=ax.transAxes)
+        return ax
+    mods = [str(c) for c in weights.columns]
+    x = np.arange(len(mods))
+    width = 0.8 / len(weights.index)
+    for j, (model, row) in enumerate(weights.iterrows()):
+        ax.bar(x + (j - (len(weights.index) - 1) / 2) * width, row.to_numpy(dtype=float), width,
+               label=str(model), color=f"C{j}")
+    ax.set_xticks(x)
+    ax.set_xticklabels(mods)
+    ax.set_ylabel("Mean weight over test patients and folds")
+    ax.legend(loc="upper right", fontsize="small")
     return ax

@@ -100,7 +100,7 @@ class DesignSpec:
         if allowed == "any":
             return codes
         if (codes < 0).any():
-            unknown = sorted({str(v) for v, c in zip(s, codes) if c < 0})
+            unknown = sorted({str(v) for v, c in zip(s, codes, strict=True) if c < 0})
             raise UnknownSiteError(
                 f"{who}: site(s) {unknown[:10]} were neither in the reference fit nor adapted "
                 f"({int((codes < 0).sum())} rows). Known sites: {(self.sites + self.extra_sites)[:10]}"

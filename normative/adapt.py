@@ -107,14 +107,14 @@ def adapt_sites(model, local_controls, *, min_controls: int = 5):
     lookup = {s: i for i, s in enumerate(new_sites)}
     code = np.fromiter((lookup[s] for s in sites.tolist()), dtype=np.int64, count=len(sites))
     S = len(new_sites)
-    O = np.zeros((len(code), S))
-    O[np.arange(len(code)), code] = 1.0
+    onehot = np.zeros((len(code), S))
+    onehot[np.arange(len(code)), code] = 1.0
     tau_loc = model.site_prior_sd_[0]
     tau_scale = model.site_prior_sd_[1]
     R = len(model.responses_)
     shape = model.likelihood == "shash"
     init = (np.zeros((S, R)), np.zeros((S, R)), model.eps_.copy(), model.tau_.copy())
-    res = _engine.fit(np, O, O, Ys, M, np.ones(S, bool), np.ones(S, bool), shape=False,
+    res = _engine.fit(np, onehot, onehot, Ys, M, np.ones(S, bool), np.ones(S, bool), shape=False,
                       init=init, fixed_tau=(tau_loc, tau_scale), offset_mu=mu0, offset_ls=ls0,
                       max_iter=model.max_iter)
     del shape

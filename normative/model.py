@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from normative import _shash
+from normative._design import DesignSpec
 from normfuse import checks, persist
 from normfuse.errors import (
     ColumnContractError,
@@ -22,8 +24,6 @@ from normfuse.errors import (
     SmallReferenceGroupWarning,
     VolumeKindError,
 )
-from normative import _shash
-from normative._design import DesignSpec
 
 __all__ = ["NormativeModel", "VOLUME_META_COLUMNS"]
 
@@ -270,7 +270,7 @@ class NormativeModel:
         M = np.isfinite(Y).astype(float)
         n_obs = M.sum(0)
         if (n_obs < 10).any():
-            bad = [r for r, k in zip(self.responses_, n_obs) if k < 10]
+            bad = [r for r, k in zip(self.responses_, n_obs, strict=True) if k < 10]
             raise ColumnContractError(f"{who}: fewer than 10 observed values for {bad[:10]}; cannot fit.")
         self.design_ = DesignSpec.learn(controls, self.covariates, self.site_col,
                                         int(self.age_df), int(self.scale_age_df), who,
@@ -285,14 +285,14 @@ class NormativeModel:
                     "shrunk strongly toward the average site. Silence with warnings.filterwarnings("
                     "'ignore', category=SmallReferenceGroupWarning).", SmallReferenceGroupWarning,
                     stacklevel=2)
-        if self.backend == "pcntoolkit":
-            return self._fit_pcntoolkit(controls)
         Yz = np.where(M > 0, Y, 0.0)
         self.y_mean_ = (Yz * M).sum(0) / n_obs
         self.y_sd_ = np.sqrt((((Yz - self.y_mean_) ** 2) * M).sum(0) / n_obs)
         if (self.y_sd_ <= 0).any():
-            bad = [r for r, s in zip(self.responses_, self.y_sd_) if s <= 0]
+            bad = [r for r, s in zip(self.responses_, self.y_sd_, strict=True) if s <= 0]
             raise ColumnContractError(f"{who}: responses {bad} are constant; they cannot be modelled.")
+        if self.backend == "pcntoolkit":
+            return self._fit_pcntoolkit(controls)
         Ys = np.where(M > 0, (Yz - self.y_mean_) / self.y_sd_, 0.0)
         X, Zs, codes_fit, _ = self.design_.build(controls, who)
         S = self.design_.n_site_cols()
@@ -341,7 +341,7 @@ class NormativeModel:
         self.sites_ = list(self.design_.sites)
         self.n_reference_sites_ = len(self.sites_)
         if not self.converged_.all():
-            bad = [r for r, c in zip(self.responses_, self.converged_) if not c]
+            bad = [r for r, c in zip(self.responses_, self.converged_, strict=True) if not c]
             warnings.warn(
                 f"{who}: the fit did not converge for {bad[:10]} within max_iter={self.max_iter}. "
                 "Increase max_iter, or check those columns for outliers or unit errors.",

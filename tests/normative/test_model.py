@@ -1,8 +1,6 @@
 """Tests of the native normative engine: math, planted truth, API contract, persistence."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,10 +72,12 @@ def test_shash_density_integrates_and_moments():
     from scipy.integrate import quad
 
     for eps, delta in [(0.0, 1.0), (0.5, 0.7), (-0.8, 1.6)]:
-        f = lambda x: np.exp(_shash.logpdf(np, x, 0.0, 0.0, eps, np.log(delta)))  # noqa: E731
+        def f(x, eps=eps, delta=delta):
+            return np.exp(_shash.logpdf(np, x, 0.0, 0.0, eps, np.log(delta)))
+
         assert quad(f, -np.inf, np.inf)[0] == pytest.approx(1.0, abs=1e-8)
-        m = quad(lambda x: x * f(x), -np.inf, np.inf)[0]
-        v = quad(lambda x: (x - m) ** 2 * f(x), -np.inf, np.inf)[0]
+        m = quad(lambda x, f=f: x * f(x), -np.inf, np.inf)[0]
+        v = quad(lambda x, f=f, m=m: (x - m) ** 2 * f(x), -np.inf, np.inf)[0]
         m1, sd1 = _shash.moments(eps, delta)
         assert m1 == pytest.approx(m, abs=1e-7) and sd1 == pytest.approx(np.sqrt(v), abs=1e-7)
 
@@ -112,9 +112,12 @@ def test_matches_independent_slow_optimiser(sim):
     y = (ref["Left-Hippocampus"].to_numpy() - nm.y_mean_[0]) / nm.y_sd_[0]
     p, q = X.shape[1], Zs.shape[1]
 
+    from normative._engine import SHAPE_PRIOR_SD
+
     def nll(th):
         b, g, e, t = th[:p], th[p:p + q], th[p + q], th[p + q + 1]
-        pen = 0.5e-8 * (b @ b + g @ g)
+        # the same weak priors as the engine: tiny ridge, N(0, sd^2) on eps and log delta
+        pen = 0.5e-8 * (b @ b + g @ g) + 0.5 * (e / SHAPE_PRIOR_SD[0]) ** 2 + 0.5 * (t / SHAPE_PRIOR_SD[1]) ** 2
         return -_shash.logpdf(np, y, X @ b, Zs @ g, e, t).sum() + pen
 
     th0 = np.r_[np.zeros(p), np.zeros(q), 0.0, 0.0]
@@ -279,3 +282,17 @@ def test_no_site_column():
     df = simulate_controls(600, 2, n_sites=1, seed=4).drop(columns="site")
     nm = NormativeModel(site_col=None).fit(df)
     assert abs(nm.transform(df).to_numpy().std() - 1) < 0.08
+
+
+def test_small_reference_set_stays_sane():
+    """112 controls x 90 regions (6 sites): no degenerate skew, no absurd Z (regression for eps at its bound)."""
+    from normfuse.synthetic import simulate_cohort
+
+    ref = simulate_cohort(n_patients=5, n_controls_reference=160, seed=0, ehr=False,
+                          notes=False).reference_controls
+    regions = [c for c in ref.columns if c.startswith(("Left-", "Right-", "lh_", "rh_"))]
+    train = ref.sample(frac=0.7, random_state=0)
+    z = NormativeModel(regions).fit(train).transform(ref.drop(train.index)).to_numpy()
+    assert np.abs(z.mean(0)).max() < 1.0
+    assert np.abs(z).max() < 15
+    assert 0.85 < z.std() < 1.2

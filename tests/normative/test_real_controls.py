@@ -5,7 +5,6 @@ Targets are issue 3's, measured against pcntoolkit 1.3 on the same seed-42 split
 """
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -118,3 +117,20 @@ def test_native_and_pcntoolkit_agree(split, native):
     ll_p = pc["logp"].mean(0)
     assert ll_n.mean() > ll_p.mean()
     assert (ll_n > ll_p)[corr < 0.98].mean() >= 0.8
+
+
+@pytest.mark.slow
+def test_pcntoolkit_backend_through_the_public_class(split):
+    """NormativeModel(backend="pcntoolkit") fits, scores and counts deviations like the native one."""
+    pytest.importorskip("pcntoolkit")
+    train, test, regions = split
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nm = NormativeModel(regions[:2], backend="pcntoolkit").fit(train)
+        sc = nm.score(test)
+        dev = nm.deviations(test)
+        cen = nm.centiles(test.iloc[:3], q=(0.1, 0.5, 0.9))
+    assert sc["expv"].between(0.2, 0.8).all() and (sc["z_sd"] - 1).abs().max() < 0.15
+    assert {"n_crit", "age_out_of_range"} <= set(dev.columns) and len(dev) == len(test)
+    lo, mid, hi = (cen.xs(q, axis=1, level="q").to_numpy() for q in (0.1, 0.5, 0.9))
+    assert (lo < mid).all() and (mid < hi).all()

@@ -32,8 +32,8 @@ def test_patient_stats_files_roundtrip(written):
     key = vols["subject_id"].astype(str)
     ids = parts["subject_id"] + "_" + parts["session_id"]
     assert set(key) == set(ids)
-    vols = vols.assign(subject_id=key.map(dict(zip(ids, parts["subject_id"]))),
-                       session_id=key.map(dict(zip(ids, parts["session_id"]))))
+    vols = vols.assign(subject_id=key.map(dict(zip(ids, parts["subject_id"], strict=True))),
+                       session_id=key.map(dict(zip(ids, parts["session_id"], strict=True))))
     vols = attach_demographics(vols.drop(columns=["age", "sex", "site"], errors="ignore"),
                                parts[["subject_id", "session_id", "age", "sex", "site"]])
     truth = cohort.patient_volumes

@@ -1,0 +1,756 @@
+"""Deviation features against deep fusion on identical folds (issue 6 section 4).
+
+:func:`compare_models` fits every candidate predictor of a binary milestone on the
+*same* repeated, patient-grouped, outcome-stratified folds and evaluates the pooled
+out-of-fold predictions with :mod:`models.evaluate`:
+
+=========================  ===============================================================
+``dev_count_logistic``     logistic regression on the critical-deviation count alone
+                           (``count_col``, default ``dev__n_crit``; unpenalised, as R
+                           ``glm(y ~ n_crit, binomial)``)
+``dev_xgb``                XGBoost on the ``dev__`` columns
+``ehr_xgb``, ``txt_xgb``   XGBoost on the EHR summaries / the note embedding alone
+``all_xgb``                XGBoost on every available modality (dev, ehr, txt, demo)
+``fusion_<strategy>``      :class:`models.fusion.FusionClassifier` with strategy
+                           ``concat``, ``lstm``, ``bigru_attention`` or ``late``
+=========================  ===============================================================
+
+plus leave-one-modality-out ablations (``<model>_minus_<modality>``) of ``all_xgb`` and
+``fusion_concat``.
+
+Leakage
+-------
+Every fitted step happens inside the training part of each fold: the user's
+``preprocessors`` hook (e.g. an ``EHRFeaturizer`` or ``NoteEmbedder`` fitted on the
+training rows), the median imputation and standardisation of the logistic model, the
+median imputation of partially missing fusion inputs, the fusion network's input
+standardisation, and XGBoost's early-stopping split (drawn from the training part,
+grouped by patient).
+
+Confidence intervals and tests over repeated CV
+-----------------------------------------------
+Within repeat ``r`` every labelled row has exactly one out-of-fold prediction; AUROC,
+AUPRC, Brier and the calibration slope/intercept are computed on these pooled
+predictions (per-fold metrics are not reported: small test folds give unstable AUROCs
+and single-class folds none). DeLong's variance ``v_r`` of the pooled AUROC is taken per
+repeat. The reported AUROC is the mean over repeats and its CI is
+``mean +/- z * sqrt(mean_r v_r)``: the repeats re-use the same patients, so their
+variances are *not* divided by ``n_repeats`` (averaging repeats removes partition noise,
+not patient-sampling noise). The paired comparison with the baseline (and of an ablation
+with its full model) is the paired DeLong test per repeat, combined the same way: mean
+difference, ``se = sqrt(mean_r var_r)``, two-sided normal p-value. With
+``n_repeats=1`` both equal pROC's ``ci.auc``/``roc.test(paired = TRUE)`` on the pooled
+predictions. Per-repeat numbers are in :attr:`ComparisonResult.per_repeat`. DeLong treats
+the predictions as fixed, so none of these intervals includes the variability of
+refitting the models; rows are assumed independent (one index row per patient is the
+usual design: ``build_index_visits(rule="first")``).
+
+Bad input
+---------
+* a fold whose training or test part holds a single class: ``ValueError`` naming the
+  repeat, fold and counts and suggesting a smaller ``n_splits``;
+* a modality with no column, or whose columns are NaN for every labelled row: the
+  models that need only it are skipped with a :class:`DataDroppedWarning` and listed in
+  ``summary()["skipped"]``; multi-modality models run without it;
+* NaN features: passed to XGBoost as missing; for the logistic model imputed with the
+  training-fold median; for the fusion network a modality row that is entirely NaN marks
+  the modality absent for that patient, other NaN cells get the training-fold median
+  (counts logged);
+* infinite features: :class:`ColumnContractError` naming the column and row;
+* rows without a label: dropped, counted, logged and warned (DataDroppedWarning);
+* patient ids of ``sequences`` that differ from the table's: :class:`ColumnContractError`.
+
+References
+----------
+DeLong ER, DeLong DM, Clarke-Pearson DL (1988) Biometrics 44:837-845.
+Hayat N, Geras KJ, Shamout FE (2022) MedFuse. MLHC (PMLR 182).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit, ndtr
+
+from models import _kernels as K
+from models._inputs import _zcrit
+from models.compare_inputs import (
+    FoldFeaturizer,
+    _available,
+    _check_table,
+    _sequences,
+    simulate_comparison_table,
+)
+from models.evaluate import calibration as _calibration
+from models.evaluate import decision_curve as _decision_curve
+from models.evaluate import delong as _delong
+from models.evaluate import roc_curve as _roc_curve
+from models.xgb import XGBClassifierModel, _label_array, grouped_folds
+from normfuse.checks import get_logger, log_dropped, require_dataframe
+from normfuse.contracts import MODALITY_PREFIXES
+from normfuse.errors import ColumnContractError, ConvergenceWarning, DataDroppedWarning
+from normfuse.results import ResultMixin
+
+__all__ = ["compare_models", "ComparisonResult", "MODEL_NAMES", "simulate_comparison_table", "FoldFeaturizer"]
+
+_log = get_logger("models.compare")
+
+#: Every model :func:`compare_models` knows, in report order.
+MODEL_NAMES: tuple[str, ...] = (
+    "dev_count_logistic", "dev_xgb", "ehr_xgb", "txt_xgb", "all_xgb",
+    "fusion_concat", "fusion_lstm", "fusion_bigru_attention", "fusion_late",
+)
+_SINGLE = {"dev_xgb": "dev", "ehr_xgb": "ehr", "txt_xgb": "txt", "dev_count_logistic": "dev"}
+_DEFAULT_ABLATE = ("all_xgb", "fusion_concat")
+_WEIGHTED = ("fusion_bigru_attention", "fusion_late")
+_SUMMARY_COLS = [
+    "kind", "modalities", "auroc", "auroc_ci_low", "auroc_ci_high", "auroc_sd_repeats",
+    "auprc", "brier", "cal_slope", "cal_intercept",
+    "delta_vs_baseline", "delta_ci_low", "delta_ci_high", "p_vs_baseline",
+    "full_model", "delta_vs_full", "p_vs_full",
+    "n_rows", "n_patients", "n_events", "n_folds", "n_repeats", "fit_seconds", "skipped",
+]
+
+
+# =========================================================================== result
+@dataclass(frozen=True, eq=False)
+class ComparisonResult(ResultMixin):
+    """Out-of-fold comparison of predictors on identical folds.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per model and ablation (see :meth:`summary`).
+    per_repeat : DataFrame
+        model, repeat, auroc, auroc_se, auprc, brier, cal_slope, cal_intercept,
+        delta_vs_baseline, delta_se, p_vs_baseline, delta_vs_full, delta_full_se, p_vs_full.
+    oof_predictions : DataFrame
+        Long: repeat, fold, row (position among labelled rows), patient_id, model, y, p.
+    shap : DataFrame
+        Long: repeat, fold, feature, modality, mean_abs_shap (mean |SHAP| of the
+        all-features XGBoost over the fold's test rows, log-odds scale).
+    weights : DataFrame
+        Long: model, repeat, fold, modality, weight (fusion modality weights averaged
+        over the fold's test patients).
+    folds : DataFrame
+        Fold number of every labelled row (index = the table's index), one column per repeat.
+    baseline : str
+    conf_level : float
+    n_splits, n_repeats : int
+    n_boot : int
+        Bootstrap replicates of the ROC sensitivity band in :meth:`roc`.
+    settings : dict
+    """
+
+    table: pd.DataFrame
+    per_repeat: pd.DataFrame
+    oof_predictions: pd.DataFrame
+    shap: pd.DataFrame
+    weights: pd.DataFrame
+    folds: pd.DataFrame
+    baseline: str
+    conf_level: float
+    n_splits: int
+    n_repeats: int
+    n_boot: int = 500
+    settings: dict = field(default_factory=dict)
+    _title = "Model comparison on identical folds (out-of-fold predictions)"
+
+    # ---------------------------------------------------------------- tables
+    def summary(self) -> pd.DataFrame:
+        """One row per model and ablation (index ``model``).
+
+        Columns: kind ("model"/"ablation"), modalities, auroc (mean over repeats),
+        auroc_ci_low/high, auroc_sd_repeats, auprc, brier, cal_slope, cal_intercept,
+        delta_vs_baseline (AUROC difference, model - baseline) with its CI and paired
+        DeLong p_vs_baseline, full_model / delta_vs_full / p_vs_full (ablations: AUROC of
+        the ablated model minus the full model), n_rows, n_patients, n_events, n_folds,
+        n_repeats, fit_seconds, skipped (reason, empty when the model ran).
+        """
+        return self.table.copy()
+
+    def _header_lines(self) -> list[str]:
+        return [f"{self.n_repeats} x {self.n_splits}-fold CV, grouped by patient, stratified by outcome; "
+                f"baseline {self.baseline}; {self.conf_level:.0%} DeLong CIs (mean over repeats)"]
+
+    @property
+    def models(self) -> list[str]:
+        """Models (and ablations) that ran, in table order."""
+        return [m for m in self.table.index if not self.table.at[m, "skipped"]]
+
+    def _oof(self, model: str, repeat: int) -> pd.DataFrame:
+        if model not in self.models:
+            reason = (self.table.at[model, "skipped"] if model in self.table.index else "unknown")
+            raise KeyError(f"ComparisonResult: no predictions for {model!r} ({reason or 'not run'}); "
+                           f"available: {self.models}.")
+        if not 0 <= repeat < self.n_repeats:
+            raise ValueError(f"ComparisonResult: repeat={repeat!r}; expected 0..{self.n_repeats - 1}.")
+        o = self.oof_predictions
+        return o[(o["model"] == model) & (o["repeat"] == repeat)].sort_values("row")
+
+    def roc(self, model: str | None = None, repeat: int = 0):
+        """ROC curve of one model's pooled out-of-fold predictions of ``repeat``.
+
+        Returns :func:`models.evaluate.roc_curve`'s result (DeLong AUC CI, bootstrap band
+        with ``n_boot`` replicates). ``model`` defaults to the baseline.
+        """
+        model = self.baseline if model is None else model
+        o = self._oof(model, repeat)
+        return _roc_curve(o["y"].to_numpy(np.int8), pd.Series(o["p"].to_numpy(), name=model),
+                          n_boot=self.n_boot, conf_level=self.conf_level)
+
+    def calibration(self, model: str | None = None, repeat: int = 0, n_bins: int = 10):
+        """Calibration (slope, intercept, binned curve) of one model's pooled predictions."""
+        model = self.baseline if model is None else model
+        o = self._oof(model, repeat)
+        return _calibration(o["y"].to_numpy(np.int8), pd.Series(o["p"].to_numpy(), name=model),
+                            n_bins=n_bins)
+
+    def decision_curve(self, models: Sequence[str] | None = None, repeat: int = 0, thresholds=None):
+        """Decision curves of several models on the same pooled predictions (net benefit)."""
+        models = [m for m in self.models if self.table.at[m, "kind"] == "model"] if models is None else list(models)
+        if not models:
+            raise ValueError("ComparisonResult.decision_curve: no model ran.")
+        frames = {m: self._oof(m, repeat) for m in models}
+        y = frames[models[0]]["y"].to_numpy(np.int8)
+        return _decision_curve(y, {m: f["p"].to_numpy() for m, f in frames.items()}, thresholds=thresholds)
+
+    def shap_summary(self) -> pd.DataFrame:
+        """Mean |SHAP| per feature of the all-features XGBoost, averaged over folds and repeats.
+
+        Columns feature, modality, mean_abs_shap, sd_folds (SD over folds), sorted by
+        importance. Empty when ``all_xgb`` did not run.
+        """
+        if self.shap.empty:
+            return pd.DataFrame(columns=["feature", "modality", "mean_abs_shap", "sd_folds"])
+        g = self.shap.groupby(["feature", "modality"], sort=False)["mean_abs_shap"]
+        out = pd.DataFrame({"mean_abs_shap": g.mean(), "sd_folds": g.std(ddof=1)}).reset_index()
+        return out.sort_values("mean_abs_shap", ascending=False, ignore_index=True)
+
+    def modality_weights(self) -> pd.DataFrame:
+        """Fusion weights over modalities, averaged over test patients and folds.
+
+        Index = model (``fusion_bigru_attention``, ``fusion_late`` when run), one column
+        per modality; rows sum to 1. Empty when neither ran.
+        """
+        if self.weights.empty:
+            return pd.DataFrame()
+        w = self.weights.groupby(["model", "modality"], sort=False)["weight"].mean()
+        return w.unstack("modality").fillna(0.0).rename_axis(columns=None)
+
+    # ---------------------------------------------------------------- plots
+    def plot(self, kind: str = "roc", ax=None, *, model: str | Sequence[str] | None = None,
+             repeat: int = 0, **kwargs):
+        """Figure for the report, delegated to :mod:`models.plotting`.
+
+        Parameters
+        ----------
+        kind : {"roc", "calibration", "decision", "shap", "modality_weights"}
+        model : model name or list of names ("roc", "calibration", "decision");
+            default: the baseline ("roc", "calibration"), every model ("decision").
+        repeat : which repeat's pooled predictions to draw.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from models import plotting
+
+        kinds = ("roc", "calibration", "decision", "shap", "modality_weights")
+        if kind not in kinds:
+            raise ValueError(f"ComparisonResult.plot: kind={kind!r}; expected one of {kinds}.")
+        if kind == "decision":
+            names = None if model is None else ([model] if isinstance(model, str) else list(model))
+            return plotting.plot_decision_curve(self.decision_curve(names, repeat), ax=ax, **kwargs)
+        if kind == "shap":
+            return plotting.plot_feature_importance(self.shap_summary(), ax=ax, **kwargs)
+        if kind == "modality_weights":
+            return plotting.plot_modality_weights(self.modality_weights(), ax=ax, **kwargs)
+        names = [self.baseline] if model is None else ([model] if isinstance(model, str) else list(model))
+        for j, m in enumerate(names):
+            if kind == "roc":
+                ax = plotting.plot_roc(self.roc(m, repeat), ax=ax, color=f"C{j}",
+                                       band=len(names) == 1, **kwargs)
+            else:
+                ax = plotting.plot_calibration(self.calibration(m, repeat), ax=ax, color=f"C{j}", **kwargs)
+        return ax
+
+
+# =========================================================================== per-fold fits
+def _logistic(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, who: str) -> np.ndarray:
+    """Unpenalised logistic regression on standardised columns (train medians impute NaN)."""
+    med = np.nanmedian(np.where(np.isnan(xtr).all(0), 0.0, xtr), axis=0)
+    n_imp = int(np.isnan(xtr).sum() + np.isnan(xte).sum())
+    if n_imp:
+        _log.info("%s: imputed %d missing count values with the training-fold median", who, n_imp)
+    xtr = np.where(np.isnan(xtr), med, xtr)
+    xte = np.where(np.isnan(xte), med, xte)
+    mu, sd = xtr.mean(0), xtr.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    ztr, zte = (xtr - mu) / sd, (xte - mu) / sd
+    beta, _, ok = K.logistic_newton(ytr.astype(np.float64), np.column_stack([np.ones(len(ztr)), ztr]))
+    if not ok:
+        warnings.warn(f"{who}: the logistic regression did not converge in a training fold "
+                      "(separation?); its predictions are unreliable.", ConvergenceWarning, stacklevel=4)
+    return expit(np.column_stack([np.ones(len(zte)), zte]) @ beta)
+
+
+def _fusion_data(tr: pd.DataFrame, te: pd.DataFrame, mods: Sequence[str], cols: dict,
+                 seqs: dict, pos_tr: np.ndarray, pos_te: np.ndarray, id_col: str, who: str):
+    """FusionData of both parts; partial NaN cells get the training-fold median."""
+    from models.fusion_data import FusionData
+
+    out = []
+    static_tr, static_te = {}, {}
+    n_imp = 0
+    for m in mods:
+        if m == "ehr" and seqs:
+            continue
+        a = tr[cols[m]].to_numpy(dtype=np.float64, na_value=np.nan)
+        b = te[cols[m]].to_numpy(dtype=np.float64, na_value=np.nan)
+        pres = ~np.isnan(a).all(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column NaN in every training row
+            med = np.nanmedian(a[pres], axis=0) if pres.any() else np.zeros(a.shape[1])
+        med = np.where(np.isnan(med), 0.0, med)
+        for arr, store in ((a, static_tr), (b, static_te)):
+            part = np.isnan(arr) & ~np.isnan(arr).all(1)[:, None]
+            n_imp += int(part.sum())
+            store[m] = np.where(part, med, arr)
+    if n_imp:
+        _log.info("%s: imputed %d NaN cells of partly observed fusion inputs with training-fold "
+                  "medians", who, n_imp)
+    use_seq = "ehr" in mods and seqs
+    for df, st, pos in ((tr, static_tr, pos_tr), (te, static_te, pos_te)):
+        pid = df[id_col].to_numpy() if id_col in df.columns else df.index.to_numpy()
+        sq = {k: x[pos] for k, (x, _) in seqs.items()} if use_seq else {}
+        rm = {k: r[pos] for k, (_, r) in seqs.items()} if use_seq else {}
+        names = {m: tuple(cols[m]) for m in st}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataDroppedWarning)  # reported by the fit instead
+            out.append(FusionData(patient_id=pid, static=st, sequences=sq, row_masks=rm,
+                                  feature_names=names, drop_empty=False))
+    return out
+
+
+@dataclass
+class _Spec:
+    name: str
+    kind: str  # logistic | xgb | fusion
+    mods: tuple
+    full: str | None = None  # ablations: the full model
+    strategy: str | None = None
+
+
+def _specs(models, ablate, avail, missing, count_col, warn) -> tuple[list[_Spec], dict[str, str]]:
+    specs: list[_Spec] = []
+    skipped: dict[str, str] = {}
+    order = [m for m in MODALITY_PREFIXES if m in avail or (m == "ehr" and "ehr" not in missing)]
+    for name in models:
+        if name == "dev_count_logistic":
+            if "dev" in missing:
+                skipped[name] = f"modality dev missing for everyone ({missing['dev']})"
+            elif count_col not in avail.get("dev", []):
+                skipped[name] = f"count column {count_col!r} is not in the table"
+            else:
+                specs.append(_Spec(name, "logistic", ("dev",)))
+        elif name in _SINGLE:
+            m = _SINGLE[name]
+            if m in avail:
+                specs.append(_Spec(name, "xgb", (m,)))
+            else:
+                why = missing.get(m, "only EHR sequences were given (no ehr__ summary columns)")
+                skipped[name] = f"modality {m} missing for everyone ({why})"
+        elif name == "all_xgb":
+            ms = tuple(m for m in order if m in avail)
+            specs.append(_Spec(name, "xgb", ms))
+        else:
+            specs.append(_Spec(name, "fusion", tuple(order), strategy=name[len("fusion_"):]))
+    for s in list(specs):
+        if s.name in ablate and len(s.mods) > 1:
+            for m in s.mods:
+                specs.append(_Spec(f"{s.name}_minus_{m}", s.kind, tuple(x for x in s.mods if x != m),
+                                   full=s.name, strategy=s.strategy))
+    for name, why in skipped.items():
+        warn(f"compare_models: skipped {name}: {why}.")
+    return specs, skipped
+
+
+# =========================================================================== main
+def compare_models(
+    table: pd.DataFrame,
+    label: str | pd.Series,
+    *,
+    sequences=None,
+    models: Sequence[str] = MODEL_NAMES,
+    ablations: bool | Sequence[str] = True,
+    baseline: str = "dev_count_logistic",
+    n_splits: int = 5,
+    n_repeats: int = 2,
+    id_col: str = "patient_id",
+    count_col: str = "dev__n_crit",
+    preprocessors: Callable[[pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]] | None = None,
+    n_boot: int = 500,
+    conf_level: float = 0.95,
+    random_state: int = 0,
+    device: str = "auto",
+    fusion_params: Mapping | None = None,
+    xgb_params: Mapping | None = None,
+    verbose: int = 0,
+) -> ComparisonResult:
+    """Compare deviation-count, XGBoost and fusion predictors on identical folds.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Analysis table: ``id_col``, the label, and features whose names carry a modality
+        prefix (``dev__``, ``ehr__``, ``txt__``, ``demo__``). Other columns are ignored.
+        Never modified.
+    label : str or Series
+        Label column name (0/1 or bool) or a Series indexed like ``table``. Rows without a
+        label are dropped (counted, logged, DataDroppedWarning).
+    sequences : mapping or EHRSequences, optional
+        Padded EHR sequences for the fusion network: name -> ``(X (n, T, V), mask (n, T))``
+        in table row order, or ``(X, mask, patient_ids)`` to be matched on ``id_col``, or
+        an :class:`features.ehr.EHRSequences` (one modality ``ehr``). When given, EHR
+        enters the fusion network as these sequences (the ``ehr__`` summary columns are
+        used by XGBoost only); otherwise as the static ``ehr__`` columns.
+    models : sequence of str
+        Any of :data:`MODEL_NAMES`.
+    ablations : bool or sequence of str
+        Leave-one-modality-out ablations of these models (True: ``all_xgb`` and
+        ``fusion_concat``, when requested); False for none.
+    baseline : str
+        Model every other one is compared with (paired DeLong).
+    n_splits, n_repeats : int
+        Folds per repeat and number of repeats (repeat ``r`` uses seed ``random_state + r``).
+    id_col : str
+        Patient identifier: folds are grouped by it.
+    count_col : str
+        Critical-deviation count used by ``dev_count_logistic``.
+    preprocessors : callable, optional
+        ``f(train_rows, test_rows) -> (train_table, test_table)``, called once per fold
+        with the fold's rows of ``table``; fit anything data-dependent on ``train_rows``
+        only. The returned tables must keep the rows (same index and order); their
+        prefixed columns are the features.
+    n_boot : int
+        Bootstrap replicates of the ROC band in :meth:`ComparisonResult.roc`.
+    conf_level : float
+    random_state : int
+        Seed of the folds, XGBoost and the networks.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"`` for XGBoost and torch.
+    fusion_params, xgb_params : mapping, optional
+        Extra keyword arguments of :class:`models.fusion.FusionClassifier` and
+        :class:`models.xgb.XGBClassifierModel` (e.g. ``{"epochs": 30}``, ``{"n_estimators": 200}``).
+        XGBoost gets ``n_jobs=1`` unless given: on a few hundred rows thread start-up
+        dominates (one all-features fit on 290 rows: 0.5 s with 1 thread, 3.4 s with the
+        default on the shared 2-core machine).
+    verbose : int
+        > 0 logs one line per model and fold at INFO.
+
+    Returns
+    -------
+    ComparisonResult
+
+    Raises
+    ------
+    ValueError
+        Unknown model names, a baseline that is not among ``models``, or a fold with a
+        single class (use a smaller ``n_splits``).
+    ColumnContractError
+        No prefixed feature column, a non-numeric or infinite feature, a missing
+        ``id_col``, or sequences whose patient ids differ from the table's.
+    ValueError (from :class:`models.fusion_data.FusionData`)
+        A fusion model (or ablation) meets a patient with none of its modalities; such
+        patients cannot be scored by the network: drop them or keep a modality every
+        patient has (usually ``demo__``).
+
+    Notes
+    -----
+    Runtime grows with ``n_repeats x n_splits x`` (models + ablations); everything runs in
+    this process, one fit at a time (XGBoost uses ``n_jobs`` threads, torch one thread by
+    default). On the 2-core development machine the default comparison on 362 patients
+    takes a few minutes (see ``benchmarks/RESULTS.md``, "Model comparison").
+
+    See Also
+    --------
+    models.xgb.grouped_folds, models.evaluate.delong
+
+    Examples
+    --------
+    >>> tab = simulate_comparison_table(200, random_state=0)
+    >>> res = compare_models(tab, "y", models=("dev_count_logistic", "dev_xgb"), ablations=False,
+    ...                      n_splits=3, n_repeats=1, device="cpu", xgb_params={"n_estimators": 50})
+    >>> res.summary()[["auroc", "auroc_ci_low", "auroc_ci_high", "p_vs_baseline"]].round(2).rename_axis(None)
+                        auroc  auroc_ci_low  auroc_ci_high  p_vs_baseline
+    dev_count_logistic   0.77          0.70           0.84            NaN
+    dev_xgb              0.71          0.64           0.79           0.02
+    """
+    who = "compare_models"
+    require_dataframe(table, who, "table")
+    models = tuple(models)
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown or not models:
+        raise ValueError(f"{who}: unknown models {unknown}; choose from {list(MODEL_NAMES)}.")
+    if baseline not in models:
+        raise ValueError(f"{who}: baseline={baseline!r} is not among models {list(models)}; add it or "
+                         "choose another baseline.")
+    if ablations is True:
+        ablate = tuple(m for m in _DEFAULT_ABLATE if m in models)
+    elif ablations is False or ablations is None:
+        ablate = ()
+    else:
+        ablate = tuple(ablations)
+        bad = [m for m in ablate if m not in models or m in _SINGLE]
+        if bad:
+            raise ValueError(f"{who}: ablations {bad} must be multi-modality models among models "
+                             f"(all_xgb or fusion_*).")
+    if int(n_splits) < 2 or int(n_repeats) < 1:
+        raise ValueError(f"{who}: n_splits={n_splits!r}, n_repeats={n_repeats!r}; expected n_splits >= 2 "
+                         "and n_repeats >= 1.")
+    zc = _zcrit(conf_level)
+    if id_col not in table.columns:
+        raise ColumnContractError(f"{who}: patient id column {id_col!r} is not in the table; folds are "
+                                  "grouped by patient. Pass id_col=... naming it.")
+    if table[id_col].isna().any():
+        i = int(np.flatnonzero(table[id_col].isna().to_numpy())[0])
+        raise ColumnContractError(f"{who}: {id_col!r} is missing at row {table.index[i]!r} "
+                                  f"({int(table[id_col].isna().sum())} rows); every row needs a patient id.")
+    cols = _check_table(table, who)
+    lab = _label_array(table, label, who)
+    keep = ~np.isnan(lab)
+    n_drop = int((~keep).sum())
+    if n_drop:
+        warnings.warn(f"{who}: dropped {n_drop} rows without a label. Silence with "
+                      "warnings.filterwarnings('ignore', category=DataDroppedWarning).",
+                      DataDroppedWarning, stacklevel=2)
+        log_dropped(_log, n_drop, "rows", "label missing")
+    seqs = _sequences(sequences, table, keep, id_col, who)
+    drop_cols = [label] if isinstance(label, str) else []
+    t = table.loc[keep].drop(columns=drop_cols)
+    y = lab[keep].astype(np.int8)
+    fp = dict(fusion_params or {})
+    xp = {"n_jobs": 1, **dict(xgb_params or {})}  # one thread: 7x faster than all cores at this size
+    for bad_key in ("strategy", "random_state", "device"):
+        if bad_key in fp or bad_key in xp:
+            raise ValueError(f"{who}: pass {bad_key!r} as an argument of compare_models, not inside "
+                             "fusion_params/xgb_params.")
+
+    # ---- identical folds for every model
+    pid_all = t[id_col].to_numpy()
+    n_pat_events = pd.unique(pid_all[y == 1]).size
+    n_pat_non = pd.unique(pid_all[y == 0]).size
+    if min(n_pat_events, n_pat_non) < int(n_splits):
+        raise ValueError(
+            f"{who}: {n_pat_events} patients with events and {n_pat_non} without cannot fill "
+            f"n_splits={n_splits} outcome-stratified folds: some fold would hold a single class. "
+            f"Use fewer folds, e.g. n_splits={max(2, min(n_pat_events, n_pat_non))}, or a more "
+            "common outcome."
+        )
+    folds = np.column_stack([
+        grouped_folds(t, y, n_splits=int(n_splits), id_col=id_col, random_state=int(random_state) + r).to_numpy()
+        for r in range(int(n_repeats))
+    ])
+    for r in range(folds.shape[1]):
+        for k in range(int(n_splits)):
+            for part, rows in (("test", folds[:, r] == k), ("training", folds[:, r] != k)):
+                ev, nr = int(y[rows].sum()), int(rows.sum())
+                if ev == 0 or ev == nr:
+                    raise ValueError(
+                        f"{who}: repeat {r}, fold {k}: the {part} part holds a single class "
+                        f"({ev} events among {nr} rows). With {int(y.sum())} events in "
+                        f"{n_pat_events} patients, use fewer folds, e.g. "
+                        f"n_splits={max(2, min(int(n_splits) - 1, n_pat_events // 2))}."
+                    )
+
+    # ---- preprocess inside each fold (the hook sees only that fold's rows)
+    fold_tables = {}
+    for r in range(folds.shape[1]):
+        for k in range(int(n_splits)):
+            tr_pos = np.flatnonzero(folds[:, r] != k)
+            te_pos = np.flatnonzero(folds[:, r] == k)
+            tr, te = t.iloc[tr_pos], t.iloc[te_pos]
+            fcols = cols
+            if preprocessors is not None:
+                tr, te = _run_hook(preprocessors, tr, te, who, r, k)
+                fcols = _check_table(pd.concat([tr, te]), f"{who} (preprocessors output, repeat {r}, fold {k})")
+            fold_tables[(r, k)] = (tr_pos, te_pos, tr, te, fcols)
+    if preprocessors is not None:  # modality availability as seen in the first fold
+        tr0, te0, cols = fold_tables[(0, 0)][2:]
+        probe = pd.concat([tr0, te0])
+    else:
+        probe = t
+    avail, missing = _available(probe, cols, seqs)
+
+    def warn(msg):
+        warnings.warn(msg + " Silence with warnings.filterwarnings('ignore', category=DataDroppedWarning).",
+                      DataDroppedWarning, stacklevel=3)
+        _log.warning(msg)
+
+    specs, skipped = _specs(models, ablate, avail, missing, count_col, warn)
+    if baseline in skipped:
+        warn(f"{who}: the baseline {baseline} was skipped, so delta_vs_baseline and p_vs_baseline "
+             "are NaN; choose another baseline.")
+    if missing and any(sp.kind == "fusion" or sp.name == "all_xgb" for sp in specs):
+        _log.warning("%s: modalities left out of the multi-modality models: %s", who, missing)
+
+    # ---- fit every model on every fold
+    oof = {s.name: np.full((len(y), folds.shape[1]), np.nan) for s in specs}
+    secs = dict.fromkeys(oof, 0.0)
+    shap_rows, weight_rows = [], []
+    for (r, k), (tr_pos, te_pos, tr, te, fcols) in fold_tables.items():
+        ytr, yte_n = y[tr_pos], len(te_pos)
+        seed = int(random_state) + r
+        fusion_cache: dict = {}
+        for s in specs:
+            t0 = time.perf_counter()
+            if s.kind == "logistic":
+                p = _logistic(tr[[count_col]].to_numpy(dtype=np.float64, na_value=np.nan), ytr,
+                              te[[count_col]].to_numpy(dtype=np.float64, na_value=np.nan), f"{who} [{s.name}]")
+            elif s.kind == "xgb":
+                pre = tuple(MODALITY_PREFIXES[m] for m in s.mods)
+                est = XGBClassifierModel(feature_prefixes=pre, id_col=id_col, device=device,
+                                         random_state=seed, **xp)
+                est.fit(tr, pd.Series(ytr, index=tr.index))
+                p = est.predict_proba(te)[:, 1]
+                if s.name == "all_xgb":
+                    sv = est.shap_values(te).drop(columns="bias").abs().mean()
+                    for f, v in sv.items():
+                        mod = next(m for m, pf in MODALITY_PREFIXES.items() if f.startswith(pf))
+                        shap_rows.append((r, k, f, mod, float(v)))
+            else:
+                from models.fusion import FusionClassifier
+
+                key = s.mods
+                if key not in fusion_cache:
+                    fusion_cache[key] = _fusion_data(tr, te, s.mods, fcols, seqs, tr_pos, te_pos,
+                                                     id_col, f"{who} [{s.name}]")
+                dtr, dte = fusion_cache[key]
+                est = FusionClassifier(s.strategy, device=device, random_state=seed, **fp)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    est.fit(dtr, ytr)
+                p = est.predict_proba(dte)[:, 1]
+                if s.name in _WEIGHTED:
+                    w = est.modality_weights(dte).mean()
+                    for mod, v in w.items():
+                        weight_rows.append((s.name, r, k, mod, float(v)))
+            oof[s.name][te_pos, r] = p
+            secs[s.name] += time.perf_counter() - t0
+            if verbose:
+                _log.info("repeat %d fold %d %-28s %d test rows, %.2f s", r, k, s.name, yte_n,
+                          time.perf_counter() - t0)
+
+    table_out, per_repeat = _evaluate(specs, skipped, oof, y, t[id_col].to_numpy(), baseline, zc,
+                                      int(n_splits), folds.shape[1], secs, models, avail, seqs)
+    pid = t[id_col].to_numpy()
+    long = [pd.DataFrame({"repeat": r, "fold": folds[:, r], "row": np.arange(len(y)), "patient_id": pid,
+                          "model": s.name, "y": y, "p": oof[s.name][:, r]})
+            for s in specs for r in range(folds.shape[1])]
+    oof_df = pd.concat(long, ignore_index=True) if long else pd.DataFrame(
+        columns=["repeat", "fold", "row", "patient_id", "model", "y", "p"])
+    shap_df = pd.DataFrame(shap_rows, columns=["repeat", "fold", "feature", "modality", "mean_abs_shap"])
+    weight_df = pd.DataFrame(weight_rows, columns=["model", "repeat", "fold", "modality", "weight"])
+    folds_df = pd.DataFrame(folds, index=t.index, columns=[f"repeat_{r}" for r in range(folds.shape[1])])
+    settings = {"count_col": count_col, "device": device, "random_state": int(random_state),
+                "fusion_params": fp, "xgb_params": xp, "sequences": sorted(seqs),
+                "missing_modalities": missing, "n_dropped_unlabelled": n_drop,
+                "preprocessors": None if preprocessors is None else getattr(preprocessors, "__name__", repr(preprocessors))}
+    return ComparisonResult(table=table_out, per_repeat=per_repeat, oof_predictions=oof_df, shap=shap_df,
+                            weights=weight_df, folds=folds_df, baseline=baseline, conf_level=float(conf_level),
+                            n_splits=int(n_splits), n_repeats=folds.shape[1], n_boot=int(n_boot),
+                            settings=settings)
+
+
+def _run_hook(fn, tr: pd.DataFrame, te: pd.DataFrame, who: str, r: int, k: int):
+    out = fn(tr.copy(), te.copy())
+    if not (isinstance(out, tuple) and len(out) == 2
+            and all(isinstance(o, pd.DataFrame) for o in out)):
+        raise TypeError(f"{who}: preprocessors must return (train_table, test_table) DataFrames; "
+                        f"got {type(out).__name__} in repeat {r}, fold {k}.")
+    for name, got, want in (("train", out[0], tr), ("test", out[1], te)):
+        if not got.index.equals(want.index):
+            raise ColumnContractError(
+                f"{who}: preprocessors changed the rows of the {name} table in repeat {r}, fold {k} "
+                f"({len(want)} rows in, {len(got)} out). Keep every row, in order (impute rather "
+                "than drop), so predictions stay aligned with the labels.")
+    return out
+
+
+# =========================================================================== metrics
+def _evaluate(specs, skipped, oof, y, pid, baseline, zc, n_splits, n_rep, secs, models, avail, seqs):
+    rows, per = {}, []
+    names = [s.name for s in specs]
+    base_ok = baseline in oof
+    for s in specs:
+        recs = []
+        for r in range(n_rep):
+            p = oof[s.name][:, r]
+            scores = {s.name: p}
+            if base_ok and s.name != baseline:
+                scores[baseline] = oof[baseline][:, r]
+            if s.full is not None:
+                scores[s.full] = oof[s.full][:, r]
+            d = _delong(y, scores)
+            rec = {"model": s.name, "repeat": r, "auroc": float(d.auc[0]), "auroc_se": float(d.se[0]),
+                   "auprc": float(K.average_precision_rows(p[None, :], y)[0]),
+                   "brier": float(np.mean((p - y) ** 2))}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                c = _calibration(y, p)
+            rec["cal_slope"], rec["cal_intercept"] = c.slope, c.intercept
+            refs = {"baseline": baseline if (base_ok and s.name != baseline) else None, "full": s.full}
+            for tag, ref in refs.items():
+                if ref is None:
+                    same = tag == "baseline" and s.name == baseline
+                    rec[f"delta_vs_{tag}"] = 0.0 if same else np.nan
+                    rec[f"delta_{tag}_se"] = 0.0 if same else np.nan
+                    rec[f"p_vs_{tag}"] = np.nan
+                    continue
+                cmp = d.compare(s.name, ref)
+                rec[f"delta_vs_{tag}"] = cmp.difference
+                rec[f"delta_{tag}_se"] = cmp.se
+                rec[f"p_vs_{tag}"] = cmp.p_value
+            recs.append(rec)
+        per.extend(recs)
+        pr = pd.DataFrame(recs)
+        row = {"kind": "ablation" if s.full else "model", "modalities": "+".join(
+            ("ehr_seq" if (m == "ehr" and seqs and s.kind == "fusion") else m) for m in s.mods)}
+        auc = pr["auroc"].mean()
+        se = float(np.sqrt(np.mean(pr["auroc_se"] ** 2)))
+        row.update(auroc=auc, auroc_ci_low=max(0.0, auc - zc * se), auroc_ci_high=min(1.0, auc + zc * se),
+                   auroc_sd_repeats=pr["auroc"].std(ddof=1) if n_rep > 1 else np.nan,
+                   auprc=pr["auprc"].mean(), brier=pr["brier"].mean(),
+                   cal_slope=pr["cal_slope"].mean(), cal_intercept=pr["cal_intercept"].mean())
+        for tag in ("baseline", "full"):
+            dlt = pr[f"delta_vs_{tag}"].mean()
+            dse = float(np.sqrt(np.mean(pr[f"delta_{tag}_se"] ** 2)))
+            if tag == "baseline":
+                row["delta_ci_low"], row["delta_ci_high"] = dlt - zc * dse, dlt + zc * dse
+            row[f"delta_vs_{tag}"] = dlt
+            if np.isnan(dlt) or (tag == "baseline" and s.name == baseline):
+                row[f"p_vs_{tag}"] = np.nan
+            else:
+                z = dlt / dse if dse > 0 else (0.0 if dlt == 0 else np.inf)
+                row[f"p_vs_{tag}"] = float(2 * ndtr(-abs(z)))
+        row["full_model"] = s.full or ""
+        row.update(n_rows=len(y), n_patients=int(pd.unique(pid).size), n_events=int(y.sum()),
+                   n_folds=n_splits, n_repeats=n_rep, fit_seconds=secs[s.name], skipped="")
+        rows[s.name] = row
+    for name, why in skipped.items():
+        rows[name] = {"kind": "model", "modalities": _SINGLE.get(name, ""), "skipped": why,
+                      "full_model": "", "n_rows": len(y), "n_patients": int(pd.unique(pid).size),
+                      "n_events": int(y.sum()), "n_folds": n_splits, "n_repeats": n_rep}
+    order = [m for m in models if m in rows] + [n for n in names if n not in models]
+    tab = pd.DataFrame.from_dict(rows, orient="index").reindex(order)
+    tab = tab.reindex(columns=_SUMMARY_COLS)
+    tab["skipped"] = tab["skipped"].fillna("").astype(str)
+    tab["full_model"] = tab["full_model"].fillna("").astype(str)
+    tab.index.name = "model"
+    per_df = pd.DataFrame(per)
+    return tab, per_df

@@ -1,0 +1,349 @@
+"""The ``normfuse`` command line.
+
+::
+
+    normfuse demo [--out DIR] [--patients N] [--seed S]      simulate a cohort, run everything
+    normfuse run study.toml [--out DIR]                       the pipeline on your own data
+    normfuse freesurfer collect SUBJECTS_DIR --out vols.parquet [--demographics participants.tsv]
+    normfuse normative fit TABLE... --out MODEL [--demographics F]
+    normfuse normative adapt MODEL TABLE... --out MODEL2 [--demographics F]
+    normfuse normative score MODEL TABLE... --out deviations.parquet [--tail lower]
+    normfuse normative evaluate MODEL TABLE... --out metrics.csv
+    normfuse features build study.toml --out DIR      (and models compare / analyses run / report)
+
+Global options: ``--quiet`` (errors only, no progress bars), ``--verbose`` (``-v`` info,
+``-vv`` debug and tracebacks). Exit codes: 0 success, 2 bad input or configuration (one
+line on stderr naming the problem and the fix), 1 an unexpected error, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from normfuse import __version__
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPT = 0, 1, 2, 130
+log = logging.getLogger("normfuse.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2 (argparse's own convention)
+        self.exit(EXIT_INPUT, f"normfuse: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _setup_logging(quiet: bool, verbose: int) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    root = logging.getLogger("normfuse")
+    for h in list(root.handlers):
+        if getattr(h, "_normfuse_cli", False):
+            root.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("normfuse: %(levelname)s: %(message)s"))
+    h._normfuse_cli = True
+    root.addHandler(h)
+    root.setLevel(level)
+    import warnings
+
+    logging.captureWarnings(True)
+    if quiet:
+        warnings.simplefilter("ignore")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _write_table(df, path: str | Path) -> Path:
+    from normfuse.persist import atomic_path
+
+    path = Path(path)
+    suf = path.suffix.lower()
+    if suf not in (".csv", ".parquet", ".tsv"):
+        raise ValueError(f"--out {path}: unsupported suffix {suf!r}; use .csv, .tsv or .parquet.")
+    with atomic_path(path) as tmp:
+        if suf == ".parquet":
+            d = df.copy()
+            for c in d.columns:
+                if d[c].dtype == object:
+                    d[c] = d[c].astype("string")
+            d.to_parquet(tmp)
+        else:
+            df.to_csv(tmp, sep="\t" if suf == ".tsv" else ",", index=False)
+    return path
+
+
+def _volumes(args):
+    from normfuse.pipeline import read_volumes
+
+    return read_volumes(args.tables, args.demographics, what="volumes")
+
+
+def _load_model(path):
+    from normative.model import NormativeModel
+    from normfuse.errors import InputFormatError
+
+    if not Path(path).is_dir():
+        raise InputFormatError("normative model folder not found (pass the folder written by "
+                               "`normfuse normative fit`).", path=path)
+    return NormativeModel.load(path)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_demo(args) -> int:
+    from normfuse.config import to_toml
+    from normfuse.persist import atomic_write_text
+    from normfuse.pipeline import OutputFolderError, demo_config, run_pipeline
+    from normfuse.synthetic import simulate_cohort, write_cohort
+    from normfuse.synthetic.writers import MANIFEST as SYN_MANIFEST
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out}: the output path is a file, not a folder; choose another "
+                                "--out.")
+    data = out / "data"
+    n_local = 20
+    n_sites_p = 2
+    sim = {"n_patients": args.patients, "seed": args.seed,
+           "n_controls_reference": args.controls,
+           "n_matched_controls": args.patients + n_local * n_sites_p}
+    t0 = time.perf_counter()
+    reuse = False
+    if (data / SYN_MANIFEST).is_file() and not args.force:
+        m = json.loads((data / SYN_MANIFEST).read_text())
+        if m.get("seed") == args.seed and m.get("n_patients") == args.patients:
+            reuse = True
+        else:
+            raise OutputFolderError(
+                f"{out}: holds a demo simulated with other settings (seed {m.get('seed')}, "
+                f"{m.get('n_patients')} patients); pass --force to replace it, or choose another "
+                "--out.")
+    if not reuse:
+        from normfuse.pipeline import _check_out
+
+        _check_out(out, "", {}, args.force)   # refuses a folder holding something else
+        log.info("simulating %d patients (seed %d)", args.patients, args.seed)
+        cohort = simulate_cohort(n_patients=args.patients,
+                                 n_controls_reference=args.controls,
+                                 n_matched_controls=sim["n_matched_controls"],
+                                 n_patient_sites=n_sites_p, seed=args.seed)
+        write_cohort(cohort, data, overwrite=True)
+    t_sim = time.perf_counter() - t0
+    cfg = demo_config(data, seed=args.seed, n_local=n_local)
+    toml = to_toml(cfg, relative_to=out)
+    res = run_pipeline(cfg, out, force=args.force and not reuse, quiet=args.quiet,
+                       extra_manifest={"demo": {**sim, "simulate_and_write_seconds":
+                                                round(t_sim, 3), "reused_data": reuse},
+                                       "seeds": {"simulation": args.seed}})
+    atomic_write_text(out / "study.toml", toml)
+    _finish(res, out, args)
+    return EXIT_OK
+
+
+def _finish(res, out: Path, args) -> None:
+    if not args.quiet:
+        tim = ", ".join(f"{k} {v:.1f}s" + (" (resumed)" if k in res.skipped else "")
+                        for k, v in res.timings.items())
+        sys.stderr.write(f"normfuse: results in {out} ({tim})\n")
+
+
+def cmd_run(args) -> int:
+    from normfuse.config import load_config
+    from normfuse.pipeline import run_pipeline
+
+    cfg = load_config(args.config)
+    out = Path(args.out) if args.out else Path(args.config).resolve().parent / "normfuse-output"
+    res = run_pipeline(cfg, out, force=args.force, quiet=args.quiet,
+                       stages=[args.until] if getattr(args, "until", None) else None)
+    _finish(res, out, args)
+    return EXIT_OK
+
+
+def _stage_cmd(stage: str):
+    def run(args) -> int:
+        args.until = stage
+        return cmd_run(args)
+
+    return run
+
+
+def cmd_fs_collect(args) -> int:
+    from normfuse.errors import InputFormatError
+    from normfuse.pipeline import read_volumes
+
+    if not Path(args.subjects_dir).is_dir():
+        raise InputFormatError("SUBJECTS_DIR not found or not a folder.", path=args.subjects_dir)
+    vols = read_volumes(args.subjects_dir, args.demographics, atlases=args.atlases,
+                        what="volumes")
+    _write_table(vols, args.out)
+    log.info("collected %d scans into %s", len(vols), args.out)
+    return EXIT_OK
+
+
+def cmd_norm_fit(args) -> int:
+    from normative.model import NormativeModel
+
+    vols = _volumes(args)
+    if args.exclude_sites:
+        vols = vols.loc[~vols["site"].astype(str).isin(args.exclude_sites).to_numpy()]
+    regions = args.regions or None
+    if regions is None:
+        from normfuse.pipeline import _regions
+
+        regions = _regions({"normative": {"regions": []}}, vols)
+    m = NormativeModel(regions, likelihood=args.likelihood, device=args.device).fit(vols)
+    m.save(args.out)
+    return EXIT_OK
+
+
+def cmd_norm_adapt(args) -> int:
+    m = _load_model(args.model)
+    m.adapt(_volumes(args)).save(args.out)
+    return EXIT_OK
+
+
+def cmd_norm_score(args) -> int:
+    m = _load_model(args.model)
+    vols = _volumes(args)
+    dev = m.deviations(vols, threshold=args.threshold, tail=args.tail)
+    _write_table(dev, args.out)
+    return EXIT_OK
+
+
+def cmd_norm_evaluate(args) -> int:
+    m = _load_model(args.model)
+    sc = m.score(_volumes(args))
+    _write_table(sc.rename_axis("region").reset_index(), args.out)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    def opts(parser, default):
+        parser.add_argument("-q", "--quiet", action="store_true", default=default or False,
+                            help="only errors; no progress bars")
+        parser.add_argument("-v", "--verbose", action="count", default=default or 0,
+                            help="more messages (-vv: debug and tracebacks)")
+        return parser
+
+    # options given before or after the subcommand both count (SUPPRESS keeps the top value)
+    common = opts(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
+    p = opts(_Parser(prog="normfuse"), None)
+    p.description = "Normative brain-volume deviations fused with clinical data for MS."
+    p.add_argument("--version", action="version", version=f"normfuse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", parents=[common], help="simulate a cohort and run the whole pipeline")
+    d.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    d.add_argument("--patients", type=int, default=362, help="MS patients (default 362)")
+    d.add_argument("--controls", type=int, default=2000, help="reference controls (default 2000)")
+    d.add_argument("--seed", type=int, default=0, help="simulation and analysis seed (default 0)")
+    d.add_argument("--force", action="store_true", help="replace earlier results in --out")
+    d.set_defaults(func=cmd_demo)
+
+    def study(sp):
+        sp.add_argument("config", help="study TOML file (see README 'Your own study')")
+        sp.add_argument("--out", help="output folder (default: normfuse-output beside the config)")
+        sp.add_argument("--force", action="store_true", help="replace earlier results in --out")
+
+    r = sub.add_parser("run", parents=[common], help="run the pipeline on a study.toml")
+    study(r)
+    r.add_argument("--until", choices=["collect", "normative", "features", "models", "analyses",
+                                       "report"], help="stop after this stage")
+    r.set_defaults(func=cmd_run)
+
+    fs = sub.add_parser("freesurfer", parents=[common], help="FreeSurfer outputs")
+    fss = fs.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    c = fss.add_parser("collect", parents=[common], help="SUBJECTS_DIR -> volumes table")
+    c.add_argument("subjects_dir")
+    c.add_argument("--out", required=True, help="volumes table (.parquet, .csv or .tsv)")
+    c.add_argument("--demographics", help="participants table (subject_id, session_id, age, sex, site)")
+    c.add_argument("--atlases", nargs="+", default=["aseg", "aparc"])
+    c.set_defaults(func=cmd_fs_collect)
+
+    n = sub.add_parser("normative", parents=[common], help="normative models")
+    ns = n.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    def vols(sp):
+        sp.add_argument("tables", nargs="+", help="a SUBJECTS_DIR or volume tables (.txt from "
+                        "asegstats2table/aparcstats2table, .csv, .tsv, .parquet)")
+        sp.add_argument("--demographics", help="subject_id, age, sex, site table")
+
+    f = ns.add_parser("fit", parents=[common], help="fit on reference controls -> model folder")
+    vols(f)
+    f.add_argument("--out", required=True, help="model folder to write")
+    f.add_argument("--likelihood", choices=["shash", "normal"], default="shash")
+    f.add_argument("--regions", nargs="+", help="regions to model (default: standard regions present)")
+    f.add_argument("--exclude-sites", nargs="+", default=[], help="sites left out of the fit")
+    f.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    f.set_defaults(func=cmd_norm_fit)
+    for name, func, helptext in (("adapt", cmd_norm_adapt, "adapt a model to new sites"),
+                                 ("score", cmd_norm_score, "Z-scores and critical deviations"),
+                                 ("evaluate", cmd_norm_evaluate, "EXPV/SMSE/MSLL/Rho per region")):
+        sp = ns.add_parser(name, parents=[common], help=helptext)
+        sp.add_argument("model", help="model folder (from `normfuse normative fit`)")
+        vols(sp)
+        sp.add_argument("--out", required=True,
+                        help="model folder" if name == "adapt" else "table (.parquet/.csv/.tsv)")
+        if name == "score":
+            sp.add_argument("--threshold", type=float, default=1.96)
+            sp.add_argument("--tail", choices=["lower", "upper", "both"], default="both")
+        sp.set_defaults(func=func)
+
+    for group, action, stage, helptext in (
+            ("features", "build", "features", "build the analysis table"),
+            ("models", "compare", "models", "compare prediction models"),
+            ("analyses", "run", "analyses", "run the statistics")):
+        g = sub.add_parser(group, parents=[common], help=helptext)
+        gs = g.add_subparsers(dest="action", required=True, parser_class=_Parser)
+        sp = gs.add_parser(action, parents=[common], help=helptext + " (earlier stages run or "
+                           "resume as needed)")
+        study(sp)
+        sp.set_defaults(func=_stage_cmd(stage))
+    rp = sub.add_parser("report", parents=[common], help="write report.html")
+    study(rp)
+    rp.set_defaults(func=_stage_cmd("report"))
+    return p
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(s.strip() for s in str(exc).splitlines() if s.strip())
+    return msg or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``normfuse`` program; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help / --version / usage errors
+        return int(exc.code or 0)
+    _setup_logging(args.quiet, args.verbose)
+    from normfuse.errors import NormfuseError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("normfuse: interrupted; finished stages are kept and resume on the "
+                         "next run, the interrupted stage left no files.\n")
+        return EXIT_INTERRUPT
+    except (NormfuseError, ValueError, TypeError, FileNotFoundError, FileExistsError,
+            PermissionError, NotADirectoryError, IsADirectoryError) as exc:
+        if args.verbose >= 2:
+            log.exception("details")
+        sys.stderr.write(f"normfuse: error: {_one_line(exc)}\n")
+        return EXIT_INPUT
+    except Exception as exc:  # an unexpected failure: one line, traceback with -vv
+        if args.verbose >= 2:
+            log.exception("details")
+        sys.stderr.write(f"normfuse: unexpected error ({type(exc).__name__}): {_one_line(exc)} "
+                         "(run with -vv for the traceback)\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

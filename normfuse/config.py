@@ -1,0 +1,384 @@
+"""The study configuration: a TOML file read with :mod:`tomllib`, validated against a schema.
+
+``normfuse run study.toml`` reads one of these; ``normfuse demo`` writes the one it used
+into its output folder, so it doubles as a template. Every key, its type, default and
+meaning is in :data:`SCHEMA` (and in the README's schema table, generated from it by
+:func:`schema_table`). Relative paths are resolved against the folder of the TOML file.
+
+Validation is strict and names the key: an unknown key, a value of the wrong type or an
+invalid choice raises :class:`ConfigError` with one line such as::
+
+    study.toml: [normative] tail = 'low' is not one of 'lower', 'upper', 'both'; fix the value.
+
+Examples
+--------
+>>> cfg = parse_config({"study": {"name": "x"}, "patients": {"subjects_dir": "subjects"}},
+...                    base_dir=".")
+>>> cfg["normative"]["tail"], cfg["normative"]["threshold"]
+('lower', 1.96)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from normfuse.errors import NormfuseError
+
+__all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "parse_config", "to_toml",
+           "schema_table", "config_digest", "input_paths"]
+
+
+class ConfigError(NormfuseError, ValueError):
+    """The study configuration has an unknown key, a wrong type or an invalid value."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default, allowed values and meaning."""
+
+    type: str                      # "str", "int", "float", "bool", "path", "paths", "strs", "floats"
+    default: Any
+    help: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+_P = "path"
+#: The schema: section -> key -> :class:`Key`. Paths are relative to the TOML file's folder.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "study": {
+        "name": Key("str", "study", "Title of the study, shown in the report."),
+        "seed": Key("int", 0, "Seed of every random step (splits, folds, bootstraps).", minimum=0),
+    },
+    "patients": {
+        "subjects_dir": Key(_P, "", "FreeSurfer SUBJECTS_DIR (or BIDS derivatives) of the patients' "
+                            "scans; folders named <subject>_<session> are split into both ids."),
+        "tables": Key("paths", [], "Instead of subjects_dir: volume tables (asegstats2table / "
+                      "aparcstats2table .txt, or .csv/.tsv/.parquet in the volumes contract)."),
+        "demographics": Key(_P, "", "Table with subject_id, session_id, age, sex, site, scan_date "
+                            "of every scan (e.g. participants.tsv)."),
+        "atlases": Key("strs", ["aseg", "aparc"], "Stats files read per scan from subjects_dir.",
+                       choices=("aseg", "aparc", "aparc.DKTatlas", "aparc.a2009s", "wmparc",
+                                "brainvol")),
+    },
+    "reference": {
+        "tables": Key("paths", [], "Healthy reference controls: volume tables (as patients.tables)."),
+        "demographics": Key(_P, "", "subject_id, age, sex, site of the reference controls."),
+        "model": Key(_P, "", "A saved NormativeModel folder to use instead of fitting on tables."),
+        "exclude_sites": Key("strs", [], "Sites left out of the reference fit (e.g. the patients' "
+                             "sites, to adapt to them from local controls)."),
+        "holdout_fraction": Key("float", 0.2, "Share of reference controls held out of the fit to "
+                                "check calibration and expected critical-deviation counts.",
+                                minimum=0.0, maximum=0.5),
+    },
+    "adaptation": {
+        "tables": Key("paths", [], "Local healthy controls scanned at the patients' sites, for "
+                      "adapting the model to sites it was not fitted on (empty: no adaptation)."),
+        "demographics": Key(_P, "", "subject_id, age, sex, site of the local controls."),
+        "n_per_site": Key("int", 0, "Use only the first N local controls of each site for "
+                          "adaptation (0: all); the rest stay available for matching.", minimum=0),
+    },
+    "controls": {
+        "tables": Key("paths", [], "Controls for the count model (not in the reference fit); "
+                      "controls used for adaptation are removed from this pool."),
+        "demographics": Key(_P, "", "subject_id, age, sex, site of those controls."),
+        "match_on": Key("strs", ["age", "sex", "icv"], "Covariates for 1:1 nearest-neighbour "
+                        "matching of controls to patients' baseline scans."),
+    },
+    "clinical": {
+        "source": Key("str", "", "EHR source: an OMOP-shaped DuckDB file (.duckdb), a "
+                      "postgresql:// URL (OMOP CDM; needs normfuse[sql]), or empty to read the "
+                      "files below."),
+        "schema": Key("str", "", "Database schema of the OMOP tables (PostgreSQL), if not default."),
+        "visits": Key(_P, "", "visits table (patient_id, visit_date, edss, relapse) as CSV/Parquet; "
+                      "overrides the source's visits."),
+        "events": Key(_P, "", "EHR events (patient_id, encounter_id, time, table, variable, value)."),
+        "encounters": Key(_P, "", "encounters (patient_id, encounter_id, start, end); optional."),
+        "notes": Key(_P, "", "clinical notes (patient_id, time, text); optional."),
+    },
+    "normative": {
+        "likelihood": Key("str", "shash", "Response distribution of the normative model.",
+                          choices=("shash", "normal")),
+        "regions": Key("strs", [], "Regions to model (empty: every region present in both the "
+                       "reference and the patients' tables)."),
+        "threshold": Key("float", 1.96, "|Z| above which a deviation is critical.", minimum=0.0),
+        "tail": Key("str", "lower", "Deviations counted in the main analysis ('lower' as in the "
+                    "published MS study; both tails are always reported too).",
+                    choices=("lower", "upper", "both")),
+        "device": Key("str", "cpu", "Device of the normative engine.", choices=("cpu", "cuda", "auto")),
+    },
+    "features": {
+        "index_visits": Key("str", "all", "Prediction index rows: every EDSS visit ('all') or each "
+                            "patient's first visit ('first'); survival analyses always start at "
+                            "the first visit.", choices=("all", "first")),
+        "ehr": Key("bool", True, "Build EHR summary features (ehr__*)."),
+        "notes": Key("bool", True, "Build note embeddings (txt__*)."),
+        "note_components": Key("int", 32, "Dimensions of the TF-IDF/SVD note embedding.", minimum=1),
+        "lookbacks": Key("strs", ["365D", "all"], "EHR look-back windows before the index date."),
+        "scan_window_days": Key("float", 365.0, "Latest scan at most this many days before the "
+                                "index visit joins the analysis table.", minimum=0.0),
+    },
+    "models": {
+        "enabled": Key("bool", True, "Run the prediction stage."),
+        "label_threshold": Key("float", 4.0, "EDSS milestone predicted (EDSS >= this).",
+                               minimum=0.0, maximum=10.0),
+        "horizon_years": Key("float", 3.0, "Prediction horizon of the milestone.", minimum=0.1),
+        "n_splits": Key("int", 5, "Patient-grouped cross-validation folds.", minimum=2),
+        "n_estimators": Key("int", 300, "Maximum boosting rounds (early stopping inside).",
+                            minimum=1),
+        "n_boot": Key("int", 500, "Bootstrap replicates for metric CIs.", minimum=0),
+        "n_jobs": Key("int", 1, "Threads for XGBoost (1 is fastest on busy shared machines).",
+                      minimum=1),
+    },
+    "analyses": {
+        "theta": Key("float", 1.0, "Fixed negative-binomial theta of the published count model "
+                     "(the ML-estimated theta is fitted too).", minimum=1e-6),
+        "rule_regions": Key("strs", ["Left-Thalamus", "Right-Thalamus", "Left-Hippocampus",
+                                     "Right-Hippocampus", "Left-Putamen", "Right-Putamen"],
+                            "Regions of the deviation-based risk rule for the survival analyses."),
+        "rule_k": Key("int", 1, "A priori rule: high risk when >= k of rule_regions are critical.",
+                      minimum=1),
+        "visit_window_days": Key("float", 90.0, "A scan pairs with the EDSS visit closest in time "
+                                 "within this many days (mixed model).", minimum=0.0),
+    },
+}
+
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "path": "a path string", "paths": "a list of path strings",
+               "strs": "a list of strings", "floats": "a list of numbers"}
+
+
+def _fail(src: str, msg: str) -> ConfigError:
+    return ConfigError(f"{src}: {msg}")
+
+
+def _check_value(src: str, sec: str, name: str, key: Key, value: Any) -> Any:
+    where = f"[{sec}] {name}"
+    t = key.type
+    bad = ConfigError(f"{src}: {where} = {value!r} must be {_TYPE_NAMES[t]}; fix the value "
+                      f"(default: {json.dumps(key.default)}).")
+    if t in ("str", "path"):
+        if not isinstance(value, str):
+            raise bad
+    elif t == "bool":
+        if not isinstance(value, bool):
+            raise bad
+    elif t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif t in ("paths", "strs"):
+        if isinstance(value, str) and t == "paths":
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad
+    elif t == "floats":
+        if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise bad
+        value = [float(v) for v in value]
+    if key.choices is not None:
+        vals = value if isinstance(value, list) else [value]
+        for v in vals:
+            if v not in key.choices:
+                raise ConfigError(
+                    f"{src}: {where} = {v!r} is not one of "
+                    f"{', '.join(repr(c) for c in key.choices)}; fix the value.")
+    if key.minimum is not None and t in ("int", "float") and value < key.minimum:
+        raise ConfigError(f"{src}: {where} = {value!r} is below the minimum {key.minimum:g}; "
+                          "fix the value.")
+    if key.maximum is not None and t in ("int", "float") and value > key.maximum:
+        raise ConfigError(f"{src}: {where} = {value!r} is above the maximum {key.maximum:g}; "
+                          "fix the value.")
+    return value
+
+
+def _suggest(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
+                 source: str = "config") -> dict[str, dict[str, Any]]:
+    """Validate a configuration mapping and fill defaults; resolve paths against ``base_dir``.
+
+    Parameters
+    ----------
+    raw : the parsed TOML (sections of keys).
+    base_dir : folder relative paths are resolved against (the TOML file's folder).
+    source : name used in error messages (the file name).
+
+    Returns
+    -------
+    dict of sections, every key of :data:`SCHEMA` present; paths absolute (``""`` = unset).
+
+    Raises
+    ------
+    ConfigError
+        Unknown section or key, wrong type, invalid choice, out-of-range value, or an
+        inconsistent combination (no patients' volumes, no reference).
+    """
+    if not isinstance(raw, Mapping):
+        raise _fail(source, "the configuration must be a table of sections.")
+    base = Path(base_dir).resolve()
+    out: dict[str, dict[str, Any]] = {}
+    for sec in raw:
+        if sec not in SCHEMA:
+            raise _fail(source, f"unknown section [{sec}].{_suggest(sec, SCHEMA)} Known sections: "
+                        f"{', '.join(SCHEMA)}; remove or rename it.")
+        if not isinstance(raw[sec], Mapping):
+            raise _fail(source, f"{sec} = {raw[sec]!r} must be a section ([{sec}]), not a value.")
+    for sec, keys in SCHEMA.items():
+        given = raw.get(sec, {})
+        for name in given:
+            if name not in keys:
+                raise _fail(source, f"unknown key [{sec}] {name}.{_suggest(name, keys)} Known keys "
+                            f"of [{sec}]: {', '.join(keys)}; remove or rename it.")
+        sect = {}
+        for name, key in keys.items():
+            value = _check_value(source, sec, name, key, given[name]) if name in given \
+                else copy.deepcopy(key.default)
+            if key.type == "path" and value:
+                value = str(base / Path(value).expanduser())
+            elif key.type == "paths":
+                value = [str(base / Path(v).expanduser()) for v in value]
+            sect[name] = value
+        out[sec] = sect
+    src = out["clinical"]["source"]
+    if src and not src.startswith(("postgresql://", "postgresql+", "postgres://")):
+        out["clinical"]["source"] = str(base / Path(src).expanduser())
+    p = out["patients"]
+    if bool(p["subjects_dir"]) == bool(p["tables"]):
+        raise _fail(source, "[patients] needs exactly one of subjects_dir (a SUBJECTS_DIR) or "
+                    "tables (volume tables); set one of them.")
+    r = out["reference"]
+    if not r["model"] and not r["tables"]:
+        raise _fail(source, "[reference] needs tables (reference controls to fit on) or model "
+                    "(a saved normative model); set one of them.")
+    if r["model"] and r["tables"]:
+        raise _fail(source, "[reference] sets both model and tables; keep one (a saved model is "
+                    "used as is, tables are fitted on).")
+    c = out["clinical"]
+    if not c["source"] and not c["visits"]:
+        raise _fail(source, "[clinical] needs source (a .duckdb file or postgresql:// URL) or "
+                    "visits (a visits table); set one of them.")
+    return out
+
+
+def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read and validate a study TOML file (see :data:`SCHEMA`).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not valid TOML, or fails validation (:func:`parse_config`).
+    """
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass the path of your study.toml "
+                          "(`normfuse demo` writes a template).")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from exc
+    return parse_config(raw, base_dir=path.parent, source=str(path))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def to_toml(config: Mapping[str, Mapping[str, Any]], *, relative_to: str | Path | None = None,
+            comments: bool = True) -> str:
+    """Write a configuration as TOML, each key preceded by its help text as a comment.
+
+    Paths under ``relative_to`` are written relative to it, so the file stays valid when
+    the folder moves.
+    """
+    rel = Path(relative_to).resolve() if relative_to is not None else None
+
+    def fix(key: Key, v):
+        if rel is None or key.type not in ("path", "paths"):
+            return v
+        vals = v if isinstance(v, list) else [v]
+        outv = []
+        for s in vals:
+            if s:
+                try:
+                    s = os.path.relpath(s, rel)
+                except ValueError:
+                    pass
+            outv.append(s)
+        return outv if isinstance(v, list) else outv[0]
+
+    lines = ["# normfuse study configuration (schema: README 'Your own study').",
+             "# Relative paths are resolved against this file's folder.", ""]
+    for sec, keys in SCHEMA.items():
+        lines.append(f"[{sec}]")
+        vals = config.get(sec, {})
+        for name, key in keys.items():
+            v = vals.get(name, key.default)
+            if sec == "clinical" and name == "source" and v and rel is not None \
+                    and not v.startswith(("postgres", "postgresql")):
+                v = os.path.relpath(v, rel)
+            v = fix(key, v)
+            if comments:
+                lines.append(f"# {key.help}")
+            lines.append(f"{name} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def schema_table() -> str:
+    """The schema as a Markdown table (section, key, type, default, meaning) for the README."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for sec, keys in SCHEMA.items():
+        for name, key in keys.items():
+            d = json.dumps(key.default)
+            ch = f" One of {', '.join(repr(c) for c in key.choices)}." if key.choices else ""
+            rows.append(f"| `{sec}.{name}` | {key.type} | `{d}` | {key.help}{ch} |")
+    return "\n".join(rows)
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """SHA-256 of the configuration's canonical JSON (for the manifest and resume checks)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def input_paths(config: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every input file or folder the configuration names (for hashing in the manifest)."""
+    out: list[str] = []
+    for sec, keys in SCHEMA.items():
+        for name, key in keys.items():
+            v = config[sec][name]
+            if key.type == "path" and v:
+                out.append(v)
+            elif key.type == "paths":
+                out.extend(v)
+    src = config["clinical"]["source"]
+    if src and not src.startswith(("postgres", "postgresql")):
+        out.append(src)
+    return out

@@ -1,0 +1,73 @@
+"""Study configuration: schema defaults, validation messages, TOML round trip."""
+from __future__ import annotations
+
+import pytest
+
+from normfuse.config import SCHEMA, ConfigError, load_config, parse_config, schema_table, to_toml
+
+MIN = {"patients": {"subjects_dir": "subjects"}, "reference": {"tables": ["ref.txt"]},
+       "clinical": {"source": "ehr.duckdb"}}
+
+
+def _raw(**over):
+    raw = {k: dict(v) for k, v in MIN.items()}
+    for sec, kv in over.items():
+        raw.setdefault(sec, {}).update(kv)
+    return raw
+
+
+def test_defaults_filled_and_paths_resolved(tmp_path):
+    """Every schema key is present with its default; relative paths resolve against base_dir."""
+    cfg = parse_config(_raw(), base_dir=tmp_path)
+    assert set(cfg) == set(SCHEMA)
+    assert cfg["normative"]["tail"] == "lower" and cfg["normative"]["threshold"] == 1.96
+    assert cfg["analyses"]["theta"] == 1.0
+    assert cfg["patients"]["subjects_dir"] == str(tmp_path / "subjects")
+    assert cfg["reference"]["tables"] == [str(tmp_path / "ref.txt")]
+    assert cfg["clinical"]["source"] == str(tmp_path / "ehr.duckdb")
+
+
+@pytest.mark.parametrize("raw, match", [
+    (_raw(normative={"tial": "lower"}), r"unknown key \[normative\] tial\. Did you mean 'tail'\?"),
+    ({**_raw(), "normativ": {}}, r"unknown section \[normativ\]\. Did you mean 'normative'\?"),
+    (_raw(normative={"threshold": "high"}), r"\[normative\] threshold = 'high' must be a number"),
+    (_raw(study={"seed": 1.5}), r"\[study\] seed = 1.5 must be an integer"),
+    (_raw(features={"ehr": "yes"}), r"\[features\] ehr = 'yes' must be true or false"),
+    (_raw(normative={"tail": "low"}), r"\[normative\] tail = 'low' is not one of 'lower'"),
+    (_raw(models={"n_splits": 1}), r"\[models\] n_splits = 1 is below the minimum 2"),
+    (_raw(reference={"model": "m"}), r"\[reference\] sets both model and tables"),
+    ({"patients": {}, "reference": {"tables": ["r"]}, "clinical": {"source": "e.duckdb"}},
+     r"\[patients\] needs exactly one of subjects_dir"),
+])
+def test_errors_name_key_and_fix(raw, match):
+    """Unknown keys, wrong types, bad choices and inconsistent sections raise one clear line."""
+    with pytest.raises(ConfigError, match=match) as ei:
+        parse_config(raw, source="study.toml")
+    msg = str(ei.value)
+    assert msg.startswith("study.toml: ") and "\n" not in msg
+
+
+def test_toml_round_trip(tmp_path):
+    """to_toml writes a file that load_config reads back to the same configuration."""
+    cfg = parse_config(_raw(normative={"regions": ["Left-Thalamus"]}, study={"seed": 7}),
+                       base_dir=tmp_path)
+    p = tmp_path / "study.toml"
+    p.write_text(to_toml(cfg, relative_to=tmp_path))
+    assert load_config(p) == cfg
+    assert '# Deviations counted in the main analysis' in p.read_text()
+
+
+def test_load_config_missing_and_invalid(tmp_path):
+    """A missing file or broken TOML gives a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study\nname = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_schema_table_lists_every_key():
+    """The README schema table has one row per key."""
+    n = sum(len(k) for k in SCHEMA.values())
+    assert schema_table().count("\n| `") == n
