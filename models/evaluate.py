@@ -331,6 +331,45 @@ def _metric_rows(metrics, scores: np.ndarray, m: int, ylay: np.ndarray) -> dict[
     return {k: out[k] for k in metrics}
 
 
+def _boot_block(metrics, pos, neg, ylay, rng, b: int) -> dict[str, np.ndarray]:
+    """Metrics of ``b`` stratified replicates drawn from ``rng`` (positives, then negatives)."""
+    m, n = pos.size, neg.size
+    rep = np.concatenate(
+        [pos[rng.integers(0, m, size=(b, m))], neg[rng.integers(0, n, size=(b, n))]], axis=1)
+    return _metric_rows(metrics, rep, m, ylay)
+
+
+def _boot_task(metrics, pos, neg, ylay, jobs):
+    """Worker side: replay each block from its generator state."""
+    out = []
+    for state, b in jobs:
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = state
+        out.append(_boot_block(metrics, pos, neg, ylay, rng, b))
+    return out
+
+
+def _boot_blocks_dask(client, metrics, pos, neg, ylay, rng, sizes):
+    """Blocks computed on Dask workers from the generator states of the local sequence."""
+    from normfuse.checks import optional_import
+
+    optional_import("distributed", "dask", "bootstrap_ci(client=...)")
+    if not isinstance(rng.bit_generator, np.random.PCG64):     # pragma: no cover
+        raise TypeError("bootstrap_ci(client=...) needs numpy's default PCG64 generator.")
+    m, n = pos.size, neg.size
+    jobs = []
+    for b in sizes:          # step through exactly the draws the local path makes
+        jobs.append((rng.bit_generator.state, b))
+        rng.integers(0, m, size=(b, m))
+        rng.integers(0, n, size=(b, n))
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    per = max(1, -(-len(jobs) // (2 * n_workers)))       # about two tasks per worker
+    data = client.scatter([pos, neg, ylay], broadcast=True)
+    futures = [client.submit(_boot_task, list(metrics), *data, jobs[i:i + per], pure=False)
+               for i in range(0, len(jobs), per)]
+    return [blk for part in client.gather(futures) for blk in part]
+
+
 def bootstrap_ci(
     y_true,
     y_score,
@@ -339,6 +378,7 @@ def bootstrap_ci(
     n_boot: int = 2000,
     conf_level: float = 0.95,
     random_state: int | None = 0,
+    client=None,
 ) -> BootstrapResult:
     """Stratified percentile-bootstrap CIs of AUROC, AUPRC and Brier score.
 
@@ -354,6 +394,11 @@ def bootstrap_ci(
     y_true, y_score : outcome (0/1) and one predictor's scores (probabilities for "brier").
     metrics : any of "auroc", "auprc", "brier".
     n_boot : number of replicates; conf_level : CI level; random_state : seed.
+    client : dask.distributed.Client, optional
+        Compute the replicate blocks on the cluster's workers (extra ``dask``). The
+        driver steps the seeded generator through the same draws and sends each block
+        the generator state at its start, so the replicates, and the CI, are identical
+        to the local path.
 
     Returns
     -------
@@ -385,16 +430,12 @@ def bootstrap_ci(
     base = np.concatenate([pos, neg])[None, :]
     estimate = {k: float(v[0]) for k, v in _metric_rows(metrics, base, m, ylay).items()}
     rng = np.random.default_rng(random_state)
-    per = BOOT_BLOCK
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in metrics}
-    done = 0
-    while done < n_boot:
-        b = min(per, n_boot - done)
-        rep = np.concatenate(
-            [pos[rng.integers(0, m, size=(b, m))], neg[rng.integers(0, n, size=(b, n))]], axis=1)
-        for k, v in _metric_rows(metrics, rep, m, ylay).items():
-            parts[k].append(v)
-        done += b
+    sizes = [min(BOOT_BLOCK, n_boot - s) for s in range(0, int(n_boot), BOOT_BLOCK)]
+    if client is None:
+        blocks = [_boot_block(metrics, pos, neg, ylay, rng, b) for b in sizes]
+    else:
+        blocks = _boot_blocks_dask(client, metrics, pos, neg, ylay, rng, sizes)
+    parts = {k: [blk[k] for blk in blocks] for k in metrics}
     reps = pd.DataFrame({k: np.concatenate(v) for k, v in parts.items()})
     return BootstrapResult(estimate, reps, conf_level, int(n_boot), random_state)
 

@@ -482,6 +482,112 @@ class XGBClassifierModel(ClassifierMixin, BaseEstimator):
         self.feature_importances_ = self._gain_importance()
         return self
 
+    def fit_dask(self, client, table, y: str, *, eval_table=None) -> XGBClassifierModel:
+        """Fit with ``xgboost.dask`` on data spread over a Dask cluster (extra ``dask``).
+
+        The same trees as :meth:`fit` with ``early_stopping_rounds=None`` on one worker;
+        on several workers XGBoost merges per-worker histogram sketches, so split points
+        (and predictions) differ slightly. The fitted model predicts, explains and saves
+        like a locally fitted one.
+
+        Parameters
+        ----------
+        client : dask.distributed.Client
+        table : dask or pandas DataFrame
+            Analysis table (e.g. ``dd.read_parquet("s3://.../table/")``); features are the
+            columns starting with ``feature_prefixes``. A pandas table is split into one
+            partition per worker.
+        y : str
+            Label column (0/1). Rows with a missing label are dropped (counted, logged,
+            warned about).
+        eval_table : dask or pandas DataFrame, optional
+            Held-out rows for early stopping (split by patient beforehand, e.g. with
+            :func:`inner_split`); without it ``n_estimators`` rounds are trained.
+
+        Returns
+        -------
+        self
+        """
+        import dask.dataframe as dd
+        import xgboost as xgb
+        from xgboost import dask as dxgb
+
+        who = "XGBClassifierModel.fit_dask"
+        self._check_params()
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        if isinstance(table, pd.DataFrame):
+            table = dd.from_pandas(table, npartitions=n_workers)
+        if isinstance(eval_table, pd.DataFrame):
+            eval_table = dd.from_pandas(eval_table, npartitions=n_workers)
+        if not isinstance(y, str) or y not in table.columns:
+            raise ColumnContractError(f"{who}: y={y!r} must name the label column of the table "
+                                      f"(columns: {list(map(str, table.columns))[:20]}).")
+        cols = [str(c) for c in table.columns]
+        prefixes = tuple(self.feature_prefixes)
+        absent = [p for p in prefixes if not any(c.startswith(p) for c in cols)]
+        if absent:
+            raise ColumnContractError(f"{who}: no feature column starts with {absent}; drop them "
+                                      "from feature_prefixes or join that modality's features.")
+        features = [c for c in table.columns if str(c).startswith(prefixes)]
+        lab = table[y]
+        keep = lab.notnull()
+        table = table[keep]
+        x = table[features].astype("float32")
+        lab = table[y]
+        miss = {p: x[[c for c in features if str(c).startswith(p)]].isna().all(axis=1).sum()
+                for p in prefixes}
+        import dask
+
+        n_all, n_rows, n_pos, bad, miss = dask.compute(
+            keep.size, lab.size, lab.sum(), (~lab.isin([0, 1])).sum(), miss)
+        n_drop = int(n_all) - int(n_rows)
+        if n_drop:
+            log_dropped(_log, n_drop, "rows", "label missing")
+            warnings.warn(f"{who}: dropped {n_drop} of {int(n_all)} rows whose label is missing.",
+                          DataDroppedWarning, stacklevel=2)
+        if int(bad):
+            raise ValueError(f"{who}: label {y!r} holds {int(bad)} values other than 0/1.")
+        n_pos, n_rows = int(n_pos), int(n_rows)
+        if n_pos == 0 or n_pos == n_rows:
+            raise ValueError(f"{who}: the training labels hold a single class ({n_pos} events "
+                             f"among {n_rows} rows); a classifier needs both.")
+        for p, k in miss.items():
+            if int(k) == n_rows:
+                raise ColumnContractError(f"{who}: modality {p!r} is missing for every training row.")
+        if self.scale_pos_weight == "balanced":
+            spw = float(n_rows - n_pos) / float(n_pos)
+        else:
+            spw = 1.0 if self.scale_pos_weight is None else float(self.scale_pos_weight)
+        device = xgboost_device(self.device)
+        names = [f"f{j}" for j in range(len(features))]
+        x = x.rename(columns=dict(zip(features, names, strict=True)))
+        dtrain = dxgb.DaskDMatrix(client, x, lab.astype("int8"), missing=np.nan)
+        evals, es, n_val = [], None, 0
+        if eval_table is not None and self.early_stopping_rounds is not None:
+            ev = eval_table[eval_table[y].notnull()]
+            xv = ev[features].astype("float32").rename(columns=dict(zip(features, names, strict=True)))
+            dval = dxgb.DaskDMatrix(client, xv, ev[y].astype("int8"), missing=np.nan)
+            evals, es = [(dval, "validation")], int(self.early_stopping_rounds)
+            n_val = int(ev.shape[0].compute())
+        out = dxgb.train(client, self._xgb_params(device, spw), dtrain,
+                         num_boost_round=int(self.n_estimators), evals=evals,
+                         early_stopping_rounds=es, verbose_eval=False)
+        booster: xgb.Booster = out["booster"]
+        history = out.get("history") or {}
+        self.booster_ = booster
+        self.best_iteration_ = int(booster.best_iteration) if es else int(self.n_estimators) - 1
+        self.feature_names_in_ = np.asarray([str(c) for c in features], dtype=object)
+        self.n_features_in_ = len(features)
+        self.classes_ = np.array([0, 1])
+        self.scale_pos_weight_ = spw
+        self.n_train_, self.n_val_, self.n_dropped_ = n_rows, n_val, n_drop
+        self.device_ = device
+        self.n_missing_by_modality_ = {p: int(k) for p, k in miss.items()}
+        self.validation_loss_ = (np.asarray(history["validation"]["logloss"])
+                                 if "validation" in history else np.empty(0))
+        self.feature_importances_ = self._gain_importance()
+        return self
+
     def _gain_importance(self) -> np.ndarray:
         gain = self.booster_.get_score(importance_type="total_gain")
         imp = np.array([gain.get(f"f{j}", 0.0) for j in range(self.n_features_in_)])

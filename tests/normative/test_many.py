@@ -1,0 +1,172 @@
+"""Tests of chunked many-response fitting, concatenation and chunked transform."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from normative import many
+from normative.many import concat_models, fit_chunked, response_names, transform_chunked
+from normative.model import NormativeModel
+from normative.simulate import simulate_controls, true_zscores
+from normfuse.errors import ColumnContractError, OutOfRangeWarning
+
+COV = ["age", "sex", "icv", "site"]
+ARRAYS = ["beta_", "gamma_", "eps_", "tau_", "cov_beta_", "cov_gamma_", "y_mean_", "y_sd_",
+          "site_prior_sd_", "converged_"]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """600 simulated controls, 12 regions, 4 sites, with the planted truth; held-out rows."""
+    ref, truth, _ = simulate_controls(600, 12, n_sites=4, seed=21, return_truth=True)
+    test = simulate_controls(300, 12, n_sites=4, seed=22, truth=truth)
+    cols = list(truth["regions"])
+    return ref, test, truth, cols
+
+
+@pytest.fixture(scope="module")
+def chunked(sim):
+    """The 12 regions fitted in chunks of 5 (5 + 5 + 2)."""
+    ref, _, _, cols = sim
+    return fit_chunked(ref, cols, chunk_size=5)
+
+
+def test_chunked_fit_matches_single_fit(sim, chunked):
+    """Chunks concatenated give the joint fit's Z to optimiser tolerance."""
+    ref, test, _, cols = sim
+    full = NormativeModel(responses=cols).fit(ref)
+    assert chunked.responses_ == cols
+    for a in ARRAYS:
+        assert getattr(chunked, a).shape == getattr(full, a).shape, a
+    assert_allclose(chunked.beta_, full.beta_, atol=1e-5)
+    # the joint engine stops its empirical-Bayes rounds when every response has settled,
+    # so chunks agree with it to optimiser tolerance, not bit for bit
+    assert_allclose(chunked.transform(test).to_numpy(), full.transform(test).to_numpy(), atol=1e-3)
+
+
+def test_chunked_fit_recovers_planted_z(sim, chunked):
+    """Held-out Z of the chunked model track the planted deviations (r > 0.95)."""
+    _, test, truth, cols = sim
+    z = chunked.transform(test).to_numpy()
+    zt = true_zscores(test, truth)
+    r = [np.corrcoef(z[:, j], zt[:, j])[0, 1] for j in range(len(cols))]
+    # 600 controls at 4 sites: site offsets are estimated with noise, hence not ~1
+    assert min(r) > 0.95 and np.mean(r) > 0.97
+    assert abs(float(z.std()) - 1.0) < 0.08
+
+
+def test_concat_equals_its_parts(sim, chunked):
+    """Each chunk's arrays sit unchanged in the concatenated model, in order."""
+    ref, test, _, cols = sim
+    parts = [NormativeModel(responses=cols[s:s + 5]).fit(ref) for s in (0, 5, 10)]
+    cat = concat_models(parts)
+    for a in ARRAYS:
+        assert_array_equal(getattr(cat, a), getattr(chunked, a))
+    assert_array_equal(cat.transform(test)[cols[5:10]].to_numpy(),
+                       parts[1].transform(test).to_numpy())
+    assert cat.n_iter_ == max(p.n_iter_ for p in parts)
+
+
+def test_array_input_equals_column_input(sim, chunked):
+    """A numpy (or memmap) response array gives exactly the column-name fit."""
+    ref, _, _, cols = sim
+    m = fit_chunked(ref[COV], ref[cols].to_numpy(), names=cols, chunk_size=5)
+    for a in ARRAYS:
+        assert_array_equal(getattr(m, a), getattr(chunked, a))
+    unnamed = fit_chunked(ref[COV], ref[cols].to_numpy(), chunk_size=7)
+    assert unnamed.responses_ == response_names(12) == [f"r{j:05d}" for j in range(12)]
+
+
+def test_transform_chunked_equals_transform(sim, chunked, monkeypatch, tmp_path):
+    """Row- and response-blocked Z equal model.transform exactly; out= fills a memmap."""
+    _, test, _, cols = sim
+    want = chunked.transform(test).to_numpy()
+    monkeypatch.setattr(many, "_TRANSFORM_BUDGET", 8 * 14 * 5 * 70)   # force ~70-row blocks
+    got = transform_chunked(chunked, test[COV], test[cols].to_numpy(), chunk_size=5)
+    assert_array_equal(got, want)
+    mm = np.lib.format.open_memmap(tmp_path / "z.npy", mode="w+", dtype=np.float32,
+                                   shape=want.shape)
+    transform_chunked(chunked, test[COV], test[cols].to_numpy(), chunk_size=4, out=mm)
+    assert_allclose(np.asarray(mm), want, rtol=1e-6, atol=1e-6)
+
+
+def test_transform_chunked_nan_and_out_of_range(sim, chunked):
+    """NaN responses give NaN Z; out-of-range ages warn once for all blocks."""
+    _, test, _, cols = sim
+    cov = test[COV].copy()
+    cov.loc[cov.index[0], "age"] = 120.0
+    Y = test[cols].to_numpy().copy()
+    Y[3, 7] = np.nan
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        Z = transform_chunked(chunked, cov, Y, chunk_size=5)
+    assert sum(issubclass(x.category, OutOfRangeWarning) for x in w) == 1
+    assert np.isnan(Z[3, 7]) and np.isfinite(np.delete(Z.ravel(), 3 * 12 + 7)).all()
+
+
+def test_concatenated_model_save_load(sim, chunked, tmp_path):
+    """A concatenated model saves and loads (JSON + npz) with identical Z."""
+    _, test, _, _ = sim
+    chunked.save(tmp_path / "m")
+    back = NormativeModel.load(tmp_path / "m")
+    assert_array_equal(back.transform(test).to_numpy(), chunked.transform(test).to_numpy())
+
+
+def test_inputs_not_mutated(sim):
+    """fit_chunked leaves the controls frame and the response array untouched."""
+    ref, _, _, cols = sim
+    before = ref.copy()
+    Y = ref[cols].to_numpy()
+    Y0 = Y.copy()
+    fit_chunked(ref[COV], Y, names=cols, chunk_size=6, likelihood="normal")
+    assert ref.equals(before)
+    assert_array_equal(Y, Y0)
+
+
+def test_concat_rejects_different_designs(sim):
+    """Chunks fitted on different rows (other knots/age range) cannot be concatenated."""
+    ref, _, _, cols = sim
+    a = NormativeModel(responses=cols[:2], likelihood="normal").fit(ref)
+    b = NormativeModel(responses=cols[2:4], likelihood="normal").fit(ref.iloc[:400])
+    with pytest.raises(ValueError, match="different design"):
+        concat_models([a, b])
+    c = NormativeModel(responses=cols[2:4], likelihood="shash").fit(ref)
+    with pytest.raises(ValueError, match=r"parameters \['likelihood'\]"):
+        concat_models([a, c])
+    with pytest.raises(ValueError, match="more than one model"):
+        concat_models([a, a])
+
+
+def test_fit_chunked_input_errors(sim):
+    """Shape, name and chunk-size mistakes raise errors that name the fix."""
+    ref, _, _, cols = sim
+    Y = ref[cols].to_numpy()
+    with pytest.raises(ValueError, match="600 rows"):
+        fit_chunked(ref[COV].iloc[:500], Y)
+    with pytest.raises(ColumnContractError, match=r"\['age'\]"):
+        fit_chunked(ref[COV], Y[:, :2], names=["age", "x"])
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        fit_chunked(ref[COV], Y, chunk_size=0)
+    with pytest.raises(ColumnContractError, match="Missing"):
+        fit_chunked(ref[["age", "sex", "site"]], Y)
+    bad = ref.copy()
+    bad[cols[0]] = bad[cols[0]].astype(object)
+    bad.loc[bad.index[4], cols[0]] = "n/a"
+    with pytest.raises(ColumnContractError, match=r"'n/a'"):
+        fit_chunked(bad, cols, chunk_size=5)
+
+
+@pytest.mark.gpu
+def test_fit_chunked_cuda_matches_cpu(sim):
+    """On a GPU, chunked fits give the CPU Z to float tolerance (skipped without CUDA)."""
+    from normfuse.device import cuda_available
+
+    if not cuda_available():
+        pytest.skip("needs a CUDA device visible to torch (none here); runs on GPU machines")
+    ref, test, _, cols = sim
+    cpu = fit_chunked(ref, cols, chunk_size=5)
+    gpu = fit_chunked(ref, cols, chunk_size=5, device="cuda")
+    assert_allclose(gpu.transform(test).to_numpy(), cpu.transform(test).to_numpy(), atol=1e-6)
