@@ -35,10 +35,15 @@ _WARM_START_ROWS = 8000
 _MIN_SITE_LOG_SCALE_SD = 0.10
 
 
-def _quad_forms(A, covs, chunk_rows=20000):
-    """(n, R) array of a_i' V_r a_i for rows a_i of A and covariance matrices V_r (R, p, p)."""
+def _quad_forms(A, covs, max_bytes=256 * 2**20):
+    """(n, R) array of a_i' V_r a_i for rows a_i of A and covariance matrices V_r (R, p, p).
+
+    Rows are processed in blocks whose (R, rows, p) temporary stays under ``max_bytes``,
+    so memory is bounded for tens of thousands of responses.
+    """
     n = A.shape[0]
     R = covs.shape[0]
+    chunk_rows = max(1, int(max_bytes // (8 * max(R, 1) * max(A.shape[1], 1))))
     out = np.empty((n, R))
     # V_r = L_r L_r' (eigen-based square root tolerates semi-definite matrices)
     w, U = np.linalg.eigh(covs)
