@@ -100,7 +100,7 @@ def cmd_demo(args) -> int:
     from normfuse.synthetic import simulate_cohort, write_cohort
     from normfuse.synthetic.writers import MANIFEST as SYN_MANIFEST
 
-    out = Path(args.out)
+    out = Path(args.out).absolute()        # relative paths would be resolved twice in the config
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out}: the output path is a file, not a folder; choose another "
                                 "--out.")
@@ -155,7 +155,7 @@ def cmd_run(args) -> int:
     from normfuse.pipeline import run_pipeline
 
     cfg = load_config(args.config)
-    out = Path(args.out) if args.out else Path(args.config).resolve().parent / "normfuse-output"
+    out = Path(args.out).absolute() if args.out else Path(args.config).resolve().parent / "normfuse-output"
     res = run_pipeline(cfg, out, force=args.force, quiet=args.quiet,
                        stages=[args.until] if getattr(args, "until", None) else None)
     _finish(res, out, args)

@@ -967,7 +967,7 @@ def demo_config(data_dir: str | Path, *, seed: int = 0, patient_sites: Sequence[
     """
     from normfuse.config import parse_config
 
-    d = Path(data_dir)
+    d = Path(data_dir).absolute()
     raw = {
         "study": {"name": name, "seed": seed},
         "patients": {"subjects_dir": str(d / "subjects"),

@@ -20,10 +20,19 @@ SMALL = ["--patients", "30", "--controls", "600", "--seed", "3"]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """A small demo run (30 patients) shared by the tests of this module."""
-    out = tmp_path_factory.mktemp("demo") / "out"
-    assert main(["-q", "demo", "--out", str(out), *SMALL]) == 0
-    return out
+    """A small demo run (30 patients) shared by the tests of this module.
+
+    It runs with a relative ``--out``, as ``make demo`` does (a relative output folder
+    once had its data paths resolved twice).
+    """
+    parent = tmp_path_factory.mktemp("demo")
+    old = os.getcwd()
+    os.chdir(parent)
+    try:
+        assert main(["-q", "demo", "--out", "out", *SMALL]) == 0
+    finally:
+        os.chdir(old)
+    return parent / "out"
 
 
 def test_demo_writes_everything(demo):
