@@ -647,22 +647,6 @@ def stage_analyses(cfg: Mapping, ctx: dict) -> dict:
     return {"tables": tables, "results": results}
 
 
-def _fallback_report(res: Mapping[str, Any], tables: Mapping[str, pd.DataFrame], title: str) -> str:
-    import html
-
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    for name in ("cohort_summary", "critical_counts", "count_models", "mixed_model", "survival",
-                 "model_metrics"):
-        if name in tables:
-            parts.append(f"<h2>{html.escape(name)}</h2>" + tables[name].to_html(
-                index=False, float_format=lambda v: f"{v:.4g}"))
-    for name, r in res.items():
-        if hasattr(r, "_repr_html_"):
-            parts.append(f"<h2>{html.escape(name)}</h2>" + r._repr_html_())
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title)
-            + "</title></head><body>" + "\n".join(parts) + "</body></html>")
-
-
 def _report_inputs(ctx: dict) -> dict:
     """Map the pipeline's results onto the report's sections (aggregates only)."""
     res = dict(ctx["results"])
@@ -696,32 +680,20 @@ def _report_inputs(ctx: dict) -> dict:
                 continue
             if val is not None and len(val):
                 out[key] = {"all_xgb": val} if key == "shap" else val
-    evals = {name: res.pop(k) for k, name in (("evaluation_deviations", "deviation features (XGBoost)"),
-                                               ("evaluation_all", "all features (XGBoost)"))
-             if res.get(k) is not None}
-    if evals:
-        out.setdefault("comparison", evals) if "comparison" not in out else out.update(
-            {"model_evaluations": evals})
     out.update({k: v for k, v in res.items() if v is not None})
     return out
 
 
 def stage_report(cfg: Mapping, ctx: dict) -> dict:
-    """report.html from the result objects (analyses.report when present)."""
-    title = cfg["study"]["name"]
-    try:
-        from analyses.report import build_report
-    except ImportError:
-        build_report = None
-    if build_report is not None:
-        rep = build_report(_report_inputs(ctx), title=title,
-                           threshold=cfg["normative"]["threshold"], tail=cfg["normative"]["tail"],
-                           settings={"cv_folds": cfg["models"]["n_splits"],
-                                     "label": f"EDSS >= {cfg['models']['label_threshold']:g} within "
-                                              f"{cfg['models']['horizon_years']:g} years"})
-        text = rep.to_html()
-    else:
-        text = _fallback_report(ctx["results"], ctx["tables"], title)
+    """report.html from the result objects (aggregates only; see analyses.report)."""
+    from analyses.report import build_report
+
+    rep = build_report(_report_inputs(ctx), title=cfg["study"]["name"],
+                       threshold=cfg["normative"]["threshold"], tail=cfg["normative"]["tail"],
+                       settings={"cv_folds": cfg["models"]["n_splits"],
+                                 "label": f"EDSS >= {cfg['models']['label_threshold']:g} within "
+                                          f"{cfg['models']['horizon_years']:g} years"})
+    text = rep.to_html()
     return {"files": {"report.html": text.encode("utf-8")}}
 
 
