@@ -528,9 +528,6 @@ def compare_models(
     zc = _zcrit(conf_level)
     if ci not in _CI_METHODS:
         raise ValueError(f"{who}: ci={ci!r}; expected one of {list(_CI_METHODS)}.")
-    if ci != "delong" and int(n_boot) < 100:
-        raise ValueError(f"{who}: n_boot={n_boot!r}; the cluster bootstrap needs n_boot >= 100 "
-                         "(500-2000 recommended).")
     if id_col not in table.columns:
         raise ColumnContractError(f"{who}: patient id column {id_col!r} is not in the table; folds are "
                                   "grouped by patient. Pass id_col=... naming it.")
@@ -562,6 +559,15 @@ def compare_models(
     pid_all = t[id_col].to_numpy()
     n_pat_events = pd.unique(pid_all[y == 1]).size
     n_pat_non = pd.unique(pid_all[y == 0]).size
+    rows_per_patient = pd.Series(pid_all).value_counts()
+    method = ci if ci != "auto" else ("delong" if bool((rows_per_patient == 1).all()) else "cluster_bootstrap")
+    if ci == "auto":
+        _log.info("%s: ci='auto' -> %s (%d rows from %d patients, at most %d rows per patient)", who,
+                  method, len(y), rows_per_patient.size, int(rows_per_patient.max()))
+    if method == "cluster_bootstrap" and int(n_boot) < 100:
+        raise ValueError(f"{who}: n_boot={n_boot!r}; the patient-cluster bootstrap (ci={ci!r}, "
+                         f"{int(rows_per_patient.max())} rows for some patient) needs n_boot >= 100 "
+                         "(500-2000 recommended).")
     if min(n_pat_events, n_pat_non) < int(n_splits):
         raise ValueError(
             f"{who}: {n_pat_events} patients with events and {n_pat_non} without cannot fill "
@@ -663,11 +669,6 @@ def compare_models(
                 _log.info("repeat %d fold %d %-28s %d test rows, %.2f s", r, k, s.name, yte_n,
                           time.perf_counter() - t0)
 
-    rows_per_patient = pd.Series(pid_all).value_counts()
-    method = ci if ci != "auto" else ("delong" if bool((rows_per_patient == 1).all()) else "cluster_bootstrap")
-    if ci == "auto":
-        _log.info("%s: ci='auto' -> %s (%d rows from %d patients, at most %d rows per patient)", who,
-                  method, len(y), rows_per_patient.size, int(rows_per_patient.max()))
     boot = None
     if method == "cluster_bootstrap":
         boot = (_cluster_weights(pid_all, y, int(n_boot), np.random.default_rng(int(random_state))),
