@@ -40,10 +40,31 @@ not patient-sampling noise). The paired comparison with the baseline (and of an 
 with its full model) is the paired DeLong test per repeat, combined the same way: mean
 difference, ``se = sqrt(mean_r var_r)``, two-sided normal p-value. With
 ``n_repeats=1`` both equal pROC's ``ci.auc``/``roc.test(paired = TRUE)`` on the pooled
-predictions. Per-repeat numbers are in :attr:`ComparisonResult.per_repeat`. DeLong treats
-the predictions as fixed, so none of these intervals includes the variability of
-refitting the models; rows are assumed independent (one index row per patient is the
-usual design: ``build_index_visits(rule="first")``).
+predictions. Per-repeat numbers are in :attr:`ComparisonResult.per_repeat`.
+
+Repeated index visits (``ci="cluster_bootstrap"``, chosen by ``ci="auto"`` whenever some
+patient has more than one labelled row, e.g. ``features.index_visits="all"``): DeLong
+would treat a patient's correlated rows as independent and give too narrow intervals.
+Instead ``n_boot`` replicates resample *patients* with replacement, stratified by whether
+the patient has any event (so both classes are present), seeded by ``random_state``; a
+patient drawn ``m`` times gives each of its rows weight ``m``, and the AUROC of every
+replicate is the weighted Mann-Whitney statistic (:func:`models._kernels.weighted_auc_rows`,
+exact for integer weights), computed for all replicates at once. The same replicates
+serve every model and every repeat, so comparisons are paired. Repeats are combined as
+above: per replicate the AUROCs (and differences) are averaged over repeats, and the CI
+is the percentile interval of these averages; the reported AUROC and difference stay the
+means over repeats of the pooled-prediction values. The p-value of a difference
+(model - baseline, ablation - full model) is ``min(1, 2 min(P*(d <= 0), P*(d >= 0)))``
+with ``P*(d <= 0) = (1 + #{d_b <= 0}) / (B + 1)``, so it is never below ``2 / (B + 1)``.
+``per_repeat`` then holds each repeat's bootstrap SDs and p-values, and ``summary()``'s
+``ci_method`` column says which method produced each row's numbers.
+
+Limits: every interval treats the out-of-fold predictions as fixed, so none includes
+the variability of refitting the models; DeLong (``ci="delong"``) also assumes
+independent rows (one index row per patient, ``build_index_visits(rule="first")``),
+while the cluster bootstrap assumes independent patients, and its percentile interval
+needs enough patients per class (a few dozen) to be trusted. The ROC band of
+:meth:`ComparisonResult.roc` still resamples rows, not patients.
 
 Bad input
 ---------
@@ -62,6 +83,7 @@ Bad input
 
 References
 ----------
+Davison AC, Hinkley DV (1997) Bootstrap Methods and their Application, sec. 3.8 (resampling clusters).
 DeLong ER, DeLong DM, Clarke-Pearson DL (1988) Biometrics 44:837-845.
 Hayat N, Geras KJ, Shamout FE (2022) MedFuse. MLHC (PMLR 182).
 """
@@ -128,7 +150,9 @@ class ComparisonResult(ResultMixin):
         One row per model and ablation (see :meth:`summary`).
     per_repeat : DataFrame
         model, repeat, auroc, auroc_se, auprc, brier, cal_slope, cal_intercept,
-        delta_vs_baseline, delta_se, p_vs_baseline, delta_vs_full, delta_full_se, p_vs_full.
+        delta_vs_baseline, delta_baseline_se, p_vs_baseline, delta_vs_full, delta_full_se,
+        p_vs_full, ci_method (DeLong SEs and p-values, or the cluster bootstrap's SDs and
+        p-values of that repeat).
     oof_predictions : DataFrame
         Long: repeat, fold, row (position among labelled rows), patient_id, model, y, p.
     shap : DataFrame
@@ -166,9 +190,10 @@ class ComparisonResult(ResultMixin):
         """One row per model and ablation (index ``model``).
 
         Columns: kind ("model"/"ablation"), modalities, auroc (mean over repeats),
-        auroc_ci_low/high, auroc_sd_repeats, auprc, brier, cal_slope, cal_intercept,
+        auroc_ci_low/high, ci_method ("delong" or "cluster_bootstrap": how the CIs and
+        p-values of the row were computed; empty when skipped), auroc_sd_repeats, auprc, brier, cal_slope, cal_intercept,
         delta_vs_baseline (AUROC difference, model - baseline) with its CI and paired
-        DeLong p_vs_baseline, full_model / delta_vs_full / p_vs_full (ablations: AUROC of
+        p_vs_baseline (DeLong or cluster bootstrap), full_model / delta_vs_full / p_vs_full (ablations: AUROC of
         the ablated model minus the full model), n_rows, n_patients, n_events, n_folds,
         n_repeats, fit_seconds, skipped (reason, empty when the model ran).
         """
@@ -429,7 +454,7 @@ def compare_models(
         Leave-one-modality-out ablations of these models (True: ``all_xgb`` and
         ``fusion_concat``, when requested); False for none.
     baseline : str
-        Model every other one is compared with (paired DeLong).
+        Model every other one is compared with (paired DeLong or paired cluster bootstrap).
     n_splits, n_repeats : int
         Folds per repeat and number of repeats (repeat ``r`` uses seed ``random_state + r``).
     id_col : str
@@ -472,8 +497,9 @@ def compare_models(
     Raises
     ------
     ValueError
-        Unknown model names, a baseline that is not among ``models``, or a fold with a
-        single class (use a smaller ``n_splits``).
+        Unknown model names, a baseline that is not among ``models``, a fold with a
+        single class (use a smaller ``n_splits``), an unknown ``ci``, or ``n_boot < 100``
+        when the cluster bootstrap runs.
     ColumnContractError
         No prefixed feature column, a non-numeric or infinite feature, a missing
         ``id_col``, or sequences whose patient ids differ from the table's.
