@@ -450,8 +450,8 @@ def _clustered(n_patients, rows_per, seed):
 
 def test_cluster_bootstrap_wider_than_delong_and_covers_truth():
     """5 near-identical rows per patient: the cluster-bootstrap CI is > 1.5x DeLong's and covers the true AUROC."""
-    from models.compare import _cluster_weights, _pct
     from models._kernels import weighted_auc_rows
+    from models.compare import _cluster_weights, _pct
 
     ratios, covered = [], 0
     for seed in range(20):
@@ -493,8 +493,8 @@ def test_compare_models_cluster_bootstrap_on_repeated_visits():
 
 def test_cluster_bootstrap_p_and_ci_from_the_same_replicates():
     """Summary CI, delta CI and p equal the percentile / 2*min(P(d<=0), P(d>=0)) recomputed from the OOF predictions."""
-    from models.compare import _cluster_weights
     from models._kernels import weighted_auc_rows
+    from models.compare import _cluster_weights
 
     tab = simulate_comparison_table(90, random_state=2)
     rep = tab.loc[tab.index.repeat(3)].reset_index(drop=True)
