@@ -40,10 +40,31 @@ not patient-sampling noise). The paired comparison with the baseline (and of an 
 with its full model) is the paired DeLong test per repeat, combined the same way: mean
 difference, ``se = sqrt(mean_r var_r)``, two-sided normal p-value. With
 ``n_repeats=1`` both equal pROC's ``ci.auc``/``roc.test(paired = TRUE)`` on the pooled
-predictions. Per-repeat numbers are in :attr:`ComparisonResult.per_repeat`. DeLong treats
-the predictions as fixed, so none of these intervals includes the variability of
-refitting the models; rows are assumed independent (one index row per patient is the
-usual design: ``build_index_visits(rule="first")``).
+predictions. Per-repeat numbers are in :attr:`ComparisonResult.per_repeat`.
+
+Repeated index visits (``ci="cluster_bootstrap"``, chosen by ``ci="auto"`` whenever some
+patient has more than one labelled row, e.g. ``features.index_visits="all"``): DeLong
+would treat a patient's correlated rows as independent and give too narrow intervals.
+Instead ``n_boot`` replicates resample *patients* with replacement, stratified by whether
+the patient has any event (so both classes are present), seeded by ``random_state``; a
+patient drawn ``m`` times gives each of its rows weight ``m``, and the AUROC of every
+replicate is the weighted Mann-Whitney statistic (:func:`models._kernels.weighted_auc_rows`,
+exact for integer weights), computed for all replicates at once. The same replicates
+serve every model and every repeat, so comparisons are paired. Repeats are combined as
+above: per replicate the AUROCs (and differences) are averaged over repeats, and the CI
+is the percentile interval of these averages; the reported AUROC and difference stay the
+means over repeats of the pooled-prediction values. The p-value of a difference
+(model - baseline, ablation - full model) is ``min(1, 2 min(P*(d <= 0), P*(d >= 0)))``
+with ``P*(d <= 0) = (1 + #{d_b <= 0}) / (B + 1)``, so it is never below ``2 / (B + 1)``.
+``per_repeat`` then holds each repeat's bootstrap SDs and p-values, and ``summary()``'s
+``ci_method`` column says which method produced each row's numbers.
+
+Limits: every interval treats the out-of-fold predictions as fixed, so none includes
+the variability of refitting the models; DeLong (``ci="delong"``) also assumes
+independent rows (one index row per patient, ``build_index_visits(rule="first")``),
+while the cluster bootstrap assumes independent patients, and its percentile interval
+needs enough patients per class (a few dozen) to be trusted. The ROC band of
+:meth:`ComparisonResult.roc` still resamples rows, not patients.
 
 Bad input
 ---------
@@ -62,6 +83,7 @@ Bad input
 
 References
 ----------
+Davison AC, Hinkley DV (1997) Bootstrap Methods and their Application, sec. 3.8 (resampling clusters).
 DeLong ER, DeLong DM, Clarke-Pearson DL (1988) Biometrics 44:837-845.
 Hayat N, Geras KJ, Shamout FE (2022) MedFuse. MLHC (PMLR 182).
 """
@@ -107,8 +129,9 @@ MODEL_NAMES: tuple[str, ...] = (
 _SINGLE = {"dev_xgb": "dev", "ehr_xgb": "ehr", "txt_xgb": "txt", "dev_count_logistic": "dev"}
 _DEFAULT_ABLATE = ("all_xgb", "fusion_concat")
 _WEIGHTED = ("fusion_bigru_attention", "fusion_late")
+_CI_METHODS = ("auto", "delong", "cluster_bootstrap")
 _SUMMARY_COLS = [
-    "kind", "modalities", "auroc", "auroc_ci_low", "auroc_ci_high", "auroc_sd_repeats",
+    "kind", "modalities", "auroc", "auroc_ci_low", "auroc_ci_high", "ci_method", "auroc_sd_repeats",
     "auprc", "brier", "cal_slope", "cal_intercept",
     "delta_vs_baseline", "delta_ci_low", "delta_ci_high", "p_vs_baseline",
     "full_model", "delta_vs_full", "p_vs_full",
@@ -127,7 +150,9 @@ class ComparisonResult(ResultMixin):
         One row per model and ablation (see :meth:`summary`).
     per_repeat : DataFrame
         model, repeat, auroc, auroc_se, auprc, brier, cal_slope, cal_intercept,
-        delta_vs_baseline, delta_se, p_vs_baseline, delta_vs_full, delta_full_se, p_vs_full.
+        delta_vs_baseline, delta_baseline_se, p_vs_baseline, delta_vs_full, delta_full_se,
+        p_vs_full, ci_method (DeLong SEs and p-values, or the cluster bootstrap's SDs and
+        p-values of that repeat).
     oof_predictions : DataFrame
         Long: repeat, fold, row (position among labelled rows), patient_id, model, y, p.
     shap : DataFrame
@@ -165,9 +190,10 @@ class ComparisonResult(ResultMixin):
         """One row per model and ablation (index ``model``).
 
         Columns: kind ("model"/"ablation"), modalities, auroc (mean over repeats),
-        auroc_ci_low/high, auroc_sd_repeats, auprc, brier, cal_slope, cal_intercept,
+        auroc_ci_low/high, ci_method ("delong" or "cluster_bootstrap": how the CIs and
+        p-values of the row were computed; empty when skipped), auroc_sd_repeats, auprc, brier, cal_slope, cal_intercept,
         delta_vs_baseline (AUROC difference, model - baseline) with its CI and paired
-        DeLong p_vs_baseline, full_model / delta_vs_full / p_vs_full (ablations: AUROC of
+        p_vs_baseline (DeLong or cluster bootstrap), full_model / delta_vs_full / p_vs_full (ablations: AUROC of
         the ablated model minus the full model), n_rows, n_patients, n_events, n_folds,
         n_repeats, fit_seconds, skipped (reason, empty when the model ran).
         """
@@ -175,7 +201,9 @@ class ComparisonResult(ResultMixin):
 
     def _header_lines(self) -> list[str]:
         return [f"{self.n_repeats} x {self.n_splits}-fold CV, grouped by patient, stratified by outcome; "
-                f"baseline {self.baseline}; {self.conf_level:.0%} DeLong CIs (mean over repeats)"]
+                f"baseline {self.baseline}; {self.conf_level:.0%} "
+                + ("DeLong CIs (mean over repeats)" if self.settings.get("ci_method", "delong") == "delong"
+                   else f"patient-cluster bootstrap CIs ({self.n_boot} replicates, mean over repeats)")]
 
     @property
     def models(self) -> list[str]:
@@ -396,6 +424,7 @@ def compare_models(
     preprocessors: Callable[[pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]] | None = None,
     n_boot: int = 500,
     conf_level: float = 0.95,
+    ci: str = "auto",
     random_state: int = 0,
     device: str = "auto",
     fusion_params: Mapping | None = None,
@@ -425,7 +454,7 @@ def compare_models(
         Leave-one-modality-out ablations of these models (True: ``all_xgb`` and
         ``fusion_concat``, when requested); False for none.
     baseline : str
-        Model every other one is compared with (paired DeLong).
+        Model every other one is compared with (paired DeLong or paired cluster bootstrap).
     n_splits, n_repeats : int
         Folds per repeat and number of repeats (repeat ``r`` uses seed ``random_state + r``).
     id_col : str
@@ -438,10 +467,18 @@ def compare_models(
         only. The returned tables must keep the rows (same index and order); their
         prefixed columns are the features.
     n_boot : int
-        Bootstrap replicates of the ROC band in :meth:`ComparisonResult.roc`.
+        Replicates of the patient-cluster bootstrap (``ci="cluster_bootstrap"``) and of
+        the ROC band in :meth:`ComparisonResult.roc`.
     conf_level : float
+    ci : {"auto", "delong", "cluster_bootstrap"}
+        How AUROC CIs and paired tests are computed. ``"delong"``: DeLong on the pooled
+        out-of-fold rows (assumes independent rows). ``"cluster_bootstrap"``: patients
+        (``id_col``) resampled with replacement, stratified by whether the patient has any
+        event, ``n_boot`` replicates seeded by ``random_state``; percentile CIs and
+        bootstrap p-values (see the module docstring). ``"auto"`` (default): DeLong when
+        every patient has exactly one labelled row, else the cluster bootstrap.
     random_state : int
-        Seed of the folds, XGBoost and the networks.
+        Seed of the folds, XGBoost, the networks and the cluster bootstrap.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"`` for XGBoost and torch.
     fusion_params, xgb_params : mapping, optional
@@ -460,8 +497,9 @@ def compare_models(
     Raises
     ------
     ValueError
-        Unknown model names, a baseline that is not among ``models``, or a fold with a
-        single class (use a smaller ``n_splits``).
+        Unknown model names, a baseline that is not among ``models``, a fold with a
+        single class (use a smaller ``n_splits``), an unknown ``ci``, or ``n_boot < 100``
+        when the cluster bootstrap runs.
     ColumnContractError
         No prefixed feature column, a non-numeric or infinite feature, a missing
         ``id_col``, or sequences whose patient ids differ from the table's.
@@ -514,6 +552,8 @@ def compare_models(
         raise ValueError(f"{who}: n_splits={n_splits!r}, n_repeats={n_repeats!r}; expected n_splits >= 2 "
                          "and n_repeats >= 1.")
     zc = _zcrit(conf_level)
+    if ci not in _CI_METHODS:
+        raise ValueError(f"{who}: ci={ci!r}; expected one of {list(_CI_METHODS)}.")
     if id_col not in table.columns:
         raise ColumnContractError(f"{who}: patient id column {id_col!r} is not in the table; folds are "
                                   "grouped by patient. Pass id_col=... naming it.")
@@ -545,6 +585,15 @@ def compare_models(
     pid_all = t[id_col].to_numpy()
     n_pat_events = pd.unique(pid_all[y == 1]).size
     n_pat_non = pd.unique(pid_all[y == 0]).size
+    rows_per_patient = pd.Series(pid_all).value_counts()
+    method = ci if ci != "auto" else ("delong" if bool((rows_per_patient == 1).all()) else "cluster_bootstrap")
+    if ci == "auto":
+        _log.info("%s: ci='auto' -> %s (%d rows from %d patients, at most %d rows per patient)", who,
+                  method, len(y), rows_per_patient.size, int(rows_per_patient.max()))
+    if method == "cluster_bootstrap" and int(n_boot) < 100:
+        raise ValueError(f"{who}: n_boot={n_boot!r}; the patient-cluster bootstrap (ci={ci!r}, "
+                         f"{int(rows_per_patient.max())} rows for some patient) needs n_boot >= 100 "
+                         "(500-2000 recommended).")
     if min(n_pat_events, n_pat_non) < int(n_splits):
         raise ValueError(
             f"{who}: {n_pat_events} patients with events and {n_pat_non} without cannot fill "
@@ -646,8 +695,12 @@ def compare_models(
                 _log.info("repeat %d fold %d %-28s %d test rows, %.2f s", r, k, s.name, yte_n,
                           time.perf_counter() - t0)
 
+    boot = None
+    if method == "cluster_bootstrap":
+        boot = (_cluster_weights(pid_all, y, int(n_boot), np.random.default_rng(int(random_state))),
+                float(conf_level))
     table_out, per_repeat = _evaluate(specs, skipped, oof, y, t[id_col].to_numpy(), baseline, zc,
-                                      int(n_splits), folds.shape[1], secs, models, avail, seqs)
+                                      int(n_splits), folds.shape[1], secs, models, avail, seqs, boot)
     pid = t[id_col].to_numpy()
     long = [pd.DataFrame({"repeat": r, "fold": folds[:, r], "row": np.arange(len(y)), "patient_id": pid,
                           "model": s.name, "y": y, "p": oof[s.name][:, r]})
@@ -659,7 +712,8 @@ def compare_models(
     folds_df = pd.DataFrame(folds, index=t.index, columns=[f"repeat_{r}" for r in range(folds.shape[1])])
     settings = {"count_col": count_col, "device": device, "random_state": int(random_state),
                 "fusion_params": fp, "xgb_params": xp, "sequences": sorted(seqs),
-                "missing_modalities": missing, "n_dropped_unlabelled": n_drop,
+                "missing_modalities": missing, "n_dropped_unlabelled": n_drop, "ci": ci,
+                "ci_method": method, "max_rows_per_patient": int(rows_per_patient.max()),
                 "preprocessors": None if preprocessors is None else getattr(preprocessors, "__name__", repr(preprocessors))}
     return ComparisonResult(table=table_out, per_repeat=per_repeat, oof_predictions=oof_df, shap=shap_df,
                             weights=weight_df, folds=folds_df, baseline=baseline, conf_level=float(conf_level),
@@ -683,10 +737,61 @@ def _run_hook(fn, tr: pd.DataFrame, te: pd.DataFrame, who: str, r: int, k: int):
 
 
 # =========================================================================== metrics
-def _evaluate(specs, skipped, oof, y, pid, baseline, zc, n_splits, n_rep, secs, models, avail, seqs):
+def _cluster_weights(pid: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Row weights (n_boot, N) of a patient bootstrap stratified by "patient has any event".
+
+    Within each stratum its ``P_s`` patients are drawn ``P_s`` times with replacement; a
+    row's weight is how often its patient was drawn. Both classes therefore stay present
+    in every replicate (a patient with an event contributes a positive row).
+    """
+    codes, uniq = pd.factorize(pid)
+    n_pat = uniq.size
+    has_event = np.zeros(n_pat, dtype=bool)
+    has_event[codes[y == 1]] = True
+    counts = np.zeros((n_boot, n_pat), dtype=np.int64)
+    offset = (np.arange(n_boot) * n_pat)[:, None]
+    for stratum in (True, False):
+        members = np.flatnonzero(has_event == stratum)
+        if members.size:
+            idx = members[rng.integers(0, members.size, size=(n_boot, members.size))]
+            counts += np.bincount((offset + idx).ravel(), minlength=n_boot * n_pat).reshape(n_boot, n_pat)
+    return counts[:, codes].astype(np.float64)
+
+
+def _boot_p(d: np.ndarray) -> float:
+    """Two-sided bootstrap p-value ``2 min(P(d <= 0), P(d >= 0))`` with the +1 correction."""
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        return np.nan
+    lo, hi = (1 + np.sum(d <= 0)) / (d.size + 1), (1 + np.sum(d >= 0)) / (d.size + 1)
+    return float(min(1.0, 2 * min(lo, hi)))
+
+
+def _pct(d: np.ndarray, conf: float) -> tuple[float, float]:
+    a = (1.0 - conf) / 2.0
+    if np.isnan(d).all():
+        return np.nan, np.nan
+    lo, hi = np.nanquantile(d, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def _evaluate(specs, skipped, oof, y, pid, baseline, zc, n_splits, n_rep, secs, models, avail, seqs,
+              boot=None):
     rows, per = {}, []
     names = [s.name for s in specs]
     base_ok = baseline in oof
+    method = "delong" if boot is None else "cluster_bootstrap"
+    bauc: dict = {}  # (model, repeat) -> (n_boot,) AUROC on the shared replicates
+
+    def boot_auc(name, r):
+        if (name, r) not in bauc:
+            bauc[(name, r)] = K.weighted_auc_rows(oof[name][:, r], y, boot[0])
+        return bauc[(name, r)]
+
+    if boot is not None:
+        n_bad = int(np.isnan(K.weighted_auc_rows(np.zeros(len(y)), y, boot[0])).sum())
+        if n_bad:
+            log_dropped(_log, n_bad, "bootstrap replicates", "a single class drawn")
     for s in specs:
         recs = []
         for r in range(n_rep):
@@ -716,6 +821,13 @@ def _evaluate(specs, skipped, oof, y, pid, baseline, zc, n_splits, n_rep, secs, 
                 rec[f"delta_vs_{tag}"] = cmp.difference
                 rec[f"delta_{tag}_se"] = cmp.se
                 rec[f"p_vs_{tag}"] = cmp.p_value
+                if boot is not None:
+                    bd = boot_auc(s.name, r) - boot_auc(ref, r)
+                    rec[f"delta_{tag}_se"] = float(np.nanstd(bd, ddof=1))
+                    rec[f"p_vs_{tag}"] = _boot_p(bd)
+            if boot is not None:
+                rec["auroc_se"] = float(np.nanstd(boot_auc(s.name, r), ddof=1))
+            rec["ci_method"] = method
             recs.append(rec)
         per.extend(recs)
         pr = pd.DataFrame(recs)
@@ -727,6 +839,10 @@ def _evaluate(specs, skipped, oof, y, pid, baseline, zc, n_splits, n_rep, secs, 
                    auroc_sd_repeats=pr["auroc"].std(ddof=1) if n_rep > 1 else np.nan,
                    auprc=pr["auprc"].mean(), brier=pr["brier"].mean(),
                    cal_slope=pr["cal_slope"].mean(), cal_intercept=pr["cal_intercept"].mean())
+        row["ci_method"] = method
+        if boot is not None:
+            mean_boot = np.mean([boot_auc(s.name, r) for r in range(n_rep)], axis=0)
+            row["auroc_ci_low"], row["auroc_ci_high"] = _pct(mean_boot, boot[1])
         for tag in ("baseline", "full"):
             dlt = pr[f"delta_vs_{tag}"].mean()
             dse = float(np.sqrt(np.mean(pr[f"delta_{tag}_se"] ** 2)))
@@ -735,6 +851,12 @@ def _evaluate(specs, skipped, oof, y, pid, baseline, zc, n_splits, n_rep, secs, 
             row[f"delta_vs_{tag}"] = dlt
             if np.isnan(dlt) or (tag == "baseline" and s.name == baseline):
                 row[f"p_vs_{tag}"] = np.nan
+            elif boot is not None:
+                ref = baseline if tag == "baseline" else s.full
+                bd = np.mean([boot_auc(s.name, r) - boot_auc(ref, r) for r in range(n_rep)], axis=0)
+                if tag == "baseline":
+                    row["delta_ci_low"], row["delta_ci_high"] = _pct(bd, boot[1])
+                row[f"p_vs_{tag}"] = _boot_p(bd)
             else:
                 z = dlt / dse if dse > 0 else (0.0 if dlt == 0 else np.inf)
                 row[f"p_vs_{tag}"] = float(2 * ndtr(-abs(z)))
@@ -751,6 +873,7 @@ def _evaluate(specs, skipped, oof, y, pid, baseline, zc, n_splits, n_rep, secs, 
     tab = tab.reindex(columns=_SUMMARY_COLS)
     tab["skipped"] = tab["skipped"].fillna("").astype(str)
     tab["full_model"] = tab["full_model"].fillna("").astype(str)
+    tab["ci_method"] = tab["ci_method"].where(tab["skipped"] == "", "").fillna("").astype(str)
     tab.index.name = "model"
     per_df = pd.DataFrame(per)
     return tab, per_df

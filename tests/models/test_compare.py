@@ -413,3 +413,147 @@ def test_label_series_equals_label_column(small):
     b = compare_models(small.drop(columns="y"), small["y"], models=CHEAP, ablations=False, n_splits=3,
                        n_repeats=1, device="cpu", xgb_params=XGB).summary()
     assert_allclose(a["auroc"].to_numpy(dtype=float), b["auroc"].to_numpy(dtype=float), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ patient-cluster bootstrap CIs
+def test_weighted_auc_kernel_equals_sklearn_and_repeated_rows():
+    """Weighted AUROC with integer weights equals sklearn's sample_weight AUROC and the repeated-rows AUROC."""
+    from sklearn.metrics import roc_auc_score
+
+    from models._kernels import weighted_auc_rows
+
+    rng = np.random.default_rng(11)
+    n = 120
+    y = (rng.random(n) < 0.4).astype(int)
+    s = np.round(rng.normal(y * 0.8, 1.0), 1)  # rounded: many ties, within and across classes
+    w = rng.integers(0, 4, size=(25, n))
+    got = weighted_auc_rows(s, y, w)
+    for b in range(w.shape[0]):
+        assert_allclose(got[b], roc_auc_score(y, s, sample_weight=w[b]), rtol=1e-12)
+        rows = np.repeat(np.arange(n), w[b])
+        assert_allclose(got[b], roc_auc_score(y[rows], s[rows]), rtol=1e-12)
+    assert_allclose(weighted_auc_rows(s, y, np.ones((1, n)))[0], roc_auc_score(y, s), rtol=1e-12)
+    w0 = np.ones((1, n))
+    w0[0, y == 0] = 0
+    assert np.isnan(weighted_auc_rows(s, y, w0)[0])  # no negative weight: undefined, not 0
+
+
+def _clustered(n_patients, rows_per, seed):
+    """Binormal planted scores (true AUROC = Phi(d / sqrt(2))), each patient repeated with jitter 0.01."""
+    rng = np.random.default_rng(seed)
+    d = 1.0
+    yp = (rng.random(n_patients) < 0.4).astype(int)
+    sp = rng.normal(d * yp, 1.0)
+    pid = np.repeat(np.arange(n_patients), rows_per)
+    return pid, yp[pid], sp[pid] + rng.normal(0, 0.01, pid.size), float(ndtr(d / np.sqrt(2)))
+
+
+def test_cluster_bootstrap_wider_than_delong_and_covers_truth():
+    """5 near-identical rows per patient: the cluster-bootstrap CI is > 1.5x DeLong's and covers the true AUROC."""
+    from models._kernels import weighted_auc_rows
+    from models.compare import _cluster_weights, _pct
+
+    ratios, covered = [], 0
+    for seed in range(20):
+        pid, y, s, truth = _clustered(150, 5, seed)
+        w = _cluster_weights(pid, y, 400, np.random.default_rng(seed))
+        lo, hi = _pct(weighted_auc_rows(s, y, w), 0.95)
+        dl = delong(y, s).ci[0]  # pROC: ci.auc(roc(y, s), method = "delong") on the 750 rows
+        ratios.append((hi - lo) / (dl[1] - dl[0]))
+        covered += lo <= truth <= hi
+    assert np.min(ratios) > 1.5  # expected about sqrt(5) = 2.2
+    assert covered >= 17  # nominal 95% of 20
+
+
+def test_compare_models_cluster_bootstrap_on_repeated_visits():
+    """compare_models on repeated index rows: auto picks the cluster bootstrap; CIs > 1.5x DeLong's; p from the replicates."""
+    tab = simulate_comparison_table(150, random_state=5)
+    rng = np.random.default_rng(1)
+    rep = tab.loc[tab.index.repeat(5)].reset_index(drop=True)
+    num = [c for c in rep.columns if c.startswith(("dev__Z", "ehr__", "txt__"))]
+    rep.loc[:, num] = rep[num].to_numpy() + rng.normal(0, 0.01, (len(rep), len(num)))
+    kw = dict(models=CHEAP, ablations=False, n_splits=3, n_repeats=2, device="cpu", xgb_params=XGB, n_boot=300)
+    sd = compare_models(rep, "y", ci="delong", **kw).summary()
+    res = compare_models(rep, "y", ci="auto", **kw)
+    sb = res.summary()
+    assert (sb.loc[list(CHEAP), "ci_method"] == "cluster_bootstrap").all()
+    assert (sd["ci_method"] == "delong").all()
+    assert_allclose(sb["auroc"].to_numpy(dtype=float), sd["auroc"].to_numpy(dtype=float), rtol=1e-12)
+    wb = sb["auroc_ci_high"] - sb["auroc_ci_low"]
+    wd = sd["auroc_ci_high"] - sd["auroc_ci_low"]
+    assert (wb / wd > 1.5).all()
+    wdb = sb.loc["dev_xgb", "delta_ci_high"] - sb.loc["dev_xgb", "delta_ci_low"]
+    assert wdb > 1.5 * (sd.loc["dev_xgb", "delta_ci_high"] - sd.loc["dev_xgb", "delta_ci_low"])
+    assert sd.loc["dev_xgb", "p_vs_baseline"] < sb.loc["dev_xgb", "p_vs_baseline"]
+    assert sb.loc["dev_xgb", "p_vs_baseline"] >= 2 / 301  # +1 correction: never below 2/(B+1)
+    assert (res.per_repeat["ci_method"] == "cluster_bootstrap").all()
+    assert res.settings["ci_method"] == "cluster_bootstrap" and res.settings["max_rows_per_patient"] == 5
+    assert "cluster bootstrap" in res.to_text()
+
+
+def test_cluster_bootstrap_p_and_ci_from_the_same_replicates():
+    """Summary CI, delta CI and p equal the percentile / 2*min(P(d<=0), P(d>=0)) recomputed from the OOF predictions."""
+    from models._kernels import weighted_auc_rows
+    from models.compare import _cluster_weights
+
+    tab = simulate_comparison_table(90, random_state=2)
+    rep = tab.loc[tab.index.repeat(3)].reset_index(drop=True)
+    res = _cheap(rep, n_repeats=2, ci="cluster_bootstrap", n_boot=200, random_state=4)
+    s = res.summary()
+    o = res.oof_predictions
+    w = None
+    boots = {}
+    for m in CHEAP:
+        for r in range(2):
+            g = o[(o.model == m) & (o.repeat == r)].sort_values("row")
+            if w is None:
+                y, pid = g["y"].to_numpy(), g["patient_id"].to_numpy()
+                w = _cluster_weights(pid, y, 200, np.random.default_rng(4))
+            boots[m, r] = weighted_auc_rows(g["p"].to_numpy(), y, w)
+    a = (boots["dev_xgb", 0] + boots["dev_xgb", 1]) / 2
+    assert_allclose(s.loc["dev_xgb", ["auroc_ci_low", "auroc_ci_high"]].to_numpy(dtype=float),
+                    np.quantile(a, [0.025, 0.975]), rtol=1e-12)
+    d = a - (boots["dev_count_logistic", 0] + boots["dev_count_logistic", 1]) / 2
+    assert_allclose(s.loc["dev_xgb", ["delta_ci_low", "delta_ci_high"]].to_numpy(dtype=float),
+                    np.quantile(d, [0.025, 0.975]), rtol=1e-12)
+    p = min(1.0, 2 * min((1 + (d <= 0).sum()) / 201, (1 + (d >= 0).sum()) / 201))
+    assert_allclose(s.loc["dev_xgb", "p_vs_baseline"], p, rtol=1e-12)
+    # stratified: every replicate keeps each stratum's patient count
+    ev = pd.Series(y).groupby(pid).max().to_numpy().astype(bool)
+    cnt = w[:, np.unique(pid, return_index=True)[1]]
+    assert (cnt[:, ev].sum(1) == ev.sum()).all() and (cnt[:, ~ev].sum(1) == (~ev).sum()).all()
+
+
+def test_one_row_per_patient_auto_is_delong_unchanged(small):
+    """One row per patient: ci='auto' picks DeLong and reproduces the pre-bootstrap numbers exactly."""
+    res = _cheap(small, n_repeats=2)
+    s = res.summary()
+    assert (s["ci_method"] == "delong").all()
+    # values from compare_models before the ci option existed (commit 32e1d91), same call
+    assert_allclose(s.loc["dev_xgb", ["auroc", "auroc_ci_low", "auroc_ci_high", "delta_vs_baseline",
+                                      "delta_ci_low", "delta_ci_high", "p_vs_baseline"]].to_numpy(dtype=float),
+                    [0.7302990574728936, 0.6622660042730748, 0.7983321106727124, -0.029108496917298443,
+                     -0.08612852904033537, 0.027911535205738483, 0.3170426110518515], rtol=1e-9)
+    assert_allclose(s.loc["dev_count_logistic", ["auroc", "auroc_ci_low", "auroc_ci_high"]].to_numpy(dtype=float),
+                    [0.759407554390192, 0.6974942541143437, 0.8213208546660403], rtol=1e-9)
+    explicit = _cheap(small, n_repeats=2, ci="delong").summary()
+    pd.testing.assert_frame_equal(s.drop(columns="fit_seconds"), explicit.drop(columns="fit_seconds"))
+
+
+def test_cluster_bootstrap_is_seeded(small):
+    """Same random_state gives identical bootstrap CIs and p; another seed changes them."""
+    tab = small.loc[small.index.repeat(2)].reset_index(drop=True)
+    cols = ["auroc_ci_low", "auroc_ci_high", "delta_ci_low", "delta_ci_high", "p_vs_baseline"]
+    a = _cheap(tab, ci="cluster_bootstrap", n_boot=200, random_state=7).summary()[cols]
+    b = _cheap(tab, ci="cluster_bootstrap", n_boot=200, random_state=7).summary()[cols]
+    c = _cheap(tab, ci="cluster_bootstrap", n_boot=200, random_state=8).summary()[cols]
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a.loc["dev_xgb"].to_numpy(dtype=float), c.loc["dev_xgb"].to_numpy(dtype=float))
+
+
+def test_ci_argument_errors(small):
+    """Unknown ci and too few bootstrap replicates are clear errors."""
+    with pytest.raises(ValueError, match="ci='bca'"):
+        _cheap(small, ci="bca")
+    with pytest.raises(ValueError, match="n_boot=10"):
+        _cheap(small, ci="cluster_bootstrap", n_boot=10)
