@@ -132,7 +132,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "n_splits": Key("int", 5, "Patient-grouped cross-validation folds.", minimum=2),
         "n_estimators": Key("int", 300, "Maximum boosting rounds (early stopping inside).",
                             minimum=1),
-        "n_boot": Key("int", 500, "Bootstrap replicates for metric CIs.", minimum=0),
+        "n_boot": Key("int", 500, "Bootstrap replicates for CIs (patients are resampled when "
+                      "patients have several index visits).", minimum=100),
         "n_jobs": Key("int", 1, "Threads for XGBoost (1 is fastest on busy shared machines).",
                       minimum=1),
         "compare": Key("strs", ["dev_count_logistic", "dev_xgb", "ehr_xgb", "txt_xgb", "all_xgb",
