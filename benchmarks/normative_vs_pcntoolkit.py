@@ -77,16 +77,17 @@ def _native_split(train, test, responses):
             "logp": nm.logpdf(test).to_numpy()}
 
 
-def _pcn_split(train, test, responses):
+def _pcn_split(train, test, responses, optimizer="l-bfgs-b"):
     from benchmarks._pcn_reference import run_pcn_benchmark
     from normative.metrics import evaluate, z_calibration
 
-    r = run_pcn_benchmark(train, test, responses)
+    r = run_pcn_benchmark(train, test, responses, optimizer=optimizer)
     tab = evaluate(test[responses].to_numpy(), r["mean"], r["sd"], r["z"],
                    train_mean=train[responses].to_numpy().mean(0),
                    train_sd=train[responses].to_numpy().std(0), responses=responses)
     return {"fit_s": r["fit_s"], "predict_s": r["predict_s"], "import_s": r["import_s"],
-            "table": tab, "z": r["z"], "calibration": z_calibration(r["z"]), "logp": r["logp"]}
+            "table": tab, "z": r["z"], "calibration": z_calibration(r["z"]), "logp": r["logp"],
+            "train_logp": r["model"].logpdf(train)}
 
 
 def _pcn_stock(train, test, responses):
@@ -183,12 +184,19 @@ def _md(res) -> str:
         L.append(f"| pcntoolkit 1.3 warped BLR, optimiser only (no saving, no training-set prediction; "
                  f"`normative._pcn`) | {pcn['fit_s']:.1f} s | {pcn['predict_s']:.1f} s | {tp:.1f} s | "
                  f"**{tp / tn:.0f}x slower** |")
+    pw = res.get("pcn_powell")
+    if pw:
+        tw = pw["fit_s"] + pw["predict_s"]
+        L.append(f"| pcntoolkit 1.3 warped BLR, optimiser only, `optimizer=\"powell\"` (converged "
+                 f"hyperparameters) | {pw['fit_s']:.1f} s | {pw['predict_s']:.1f} s | {tw:.1f} s | "
+                 f"**{tw / tn:.0f}x slower** |")
     L += ["", f"Import of `normative` + `normative.model`: {res['import_s']:.2f} s (best of 3, fresh process)"
           + (f"; pcntoolkit's import: {pcn['import_s']:.1f} s." if pcn else "."), ""]
     L += ["### Held-out quality (same split, metrics computed by `normative.metrics` for both)", "",
           "| engine | mean EXPV | mean MSLL | Z sd | Z skew | Z ex. kurtosis | \\|Z\\|>1.96 |",
           "|---|---|---|---|---|---|---|"]
-    for name, r in [("normfuse native", nat), ("pcntoolkit warped BLR", pcn)]:
+    for name, r in [("normfuse native", nat), ("pcntoolkit warped BLR (its default l-bfgs-b)", pcn),
+                    ("pcntoolkit warped BLR, powell (converged)", pw)]:
         if r is None:
             continue
         c, t = r["calibration"], r["table"]
@@ -196,15 +204,27 @@ def _md(res) -> str:
                  f"{c['z_skew']:.2f} | {c['z_exkurt']:.2f} | {100 * c['frac_abs_z_gt']:.1f} % |")
     L += ["| target (issue 3) | >= 0.43 | <= -0.283 | 1.00 +- 0.05 | | <= 0.5 | 4.5-5.5 % |", ""]
     if pcn:
-        ll_n, ll_p = res["native"]["logp"], pcn["logp"]
-        better = int((ll_n.mean(0) > ll_p.mean(0)).sum())
-        L += [f"Per-region correlation of native vs pcntoolkit Z on the 324 test controls: min "
-              f"{min(res['z_corr']):.3f}, median {np.median(res['z_corr']):.3f}; "
-              f"{sum(c >= 0.98 for c in res['z_corr'])} of {len(res['z_corr'])} regions >= 0.98. "
-              f"Where they disagree the native model predicts the held-out volumes better: mean held-out "
-              f"log-likelihood {ll_n.mean():.4f} vs {ll_p.mean():.4f} per value, higher in {better} of "
-              f"{ll_n.shape[1]} regions (native models age-dependent scale; pcntoolkit warps y and keeps "
-              "the warped noise constant).", ""]
+        ll_n = res["native"]["logp"]
+        L += ["Agreement with pcntoolkit, per region on the 324 test controls (Pearson r of Z), and "
+              "mean log-likelihood per value (original units):", "",
+              "| pcntoolkit fit | r min | r median | regions r >= 0.98 | held-out log-lik: native / "
+              "pcntoolkit (regions where native is higher) | training log-lik of pcntoolkit |",
+              "|---|---|---|---|---|---|"]
+        for name, r, key in [("default l-bfgs-b", pcn, "z_corr"), ("powell (converged)", pw, "z_corr_powell")]:
+            if not r:
+                continue
+            c = np.asarray(res[key])
+            better = int((ll_n.mean(0) > r["logp"].mean(0)).sum())
+            L.append(f"| {name} | {c.min():.3f} | {np.median(c):.3f} | {int((c >= 0.98).sum())} of {len(c)} | "
+                     f"{ll_n.mean():.4f} / {r['logp'].mean():.4f} ({better} of {len(c)}) | "
+                     f"{r['train_logp'].mean():.4f} |")
+        L += ["", "pcntoolkit's default optimiser (L-BFGS-B on the marginal likelihood plus an L2 "
+              "penalty of 0.1 on the log hyperparameters, finite-difference step 0.1) stops short of "
+              "the optimum: with `optimizer=\"powell\"` the same model reaches a higher training "
+              "log-likelihood, its intervals narrow where the default fit was too wide (hippocampus, "
+              "amygdala, pallidum), and its Z then agree with the native engine's in every region. "
+              "The native engine models the ventricles on the log scale (`log_responses=\"csf\"`): "
+              "their spread grows with their size, as in pcntoolkit's warp.", ""]
     if res.get("cv"):
         L += ["5-fold cross-validation over all 1078 controls (native, out-of-fold Z), which shows "
               "where the split's tail excess comes from:", "",
@@ -269,10 +289,13 @@ def main(argv=None) -> dict:
            "when": time.strftime("%Y-%m-%d"), "import_s": _import_time()}
     res["native"] = _native_split(train, test, responses)
     res["pcn"] = None if args.no_pcn else _pcn_split(train, test, responses)
+    res["pcn_powell"] = None if args.no_pcn else _pcn_split(train, test, responses, optimizer="powell")
     res["pcn_stock"] = None if args.no_pcn else _pcn_stock(train, test, responses)
     if res["pcn"] is not None:
-        zn, zp = res["native"]["z"], res["pcn"]["z"]
-        res["z_corr"] = [float(np.corrcoef(zn[:, j], zp[:, j])[0, 1]) for j in range(zn.shape[1])]
+        zn = res["native"]["z"]
+        for key, name in (("z_corr", "pcn"), ("z_corr_powell", "pcn_powell")):
+            zp = res[name]["z"]
+            res[key] = [float(np.corrcoef(zn[:, j], zp[:, j])[0, 1]) for j in range(zn.shape[1])]
     res["cv"] = _cv_calibration(SHARED, responses, seeds=(0,) if args.quick else (0, 1))
     res["transfer_seeds"] = list(range(2 if args.quick else 10))
     res["transfer"] = _transfer(SHARED, responses, (5, 10, 20), res["transfer_seeds"])
@@ -282,10 +305,10 @@ def main(argv=None) -> dict:
     print(md)
     out = ROOT / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
-    slim = {k: v for k, v in res.items() if k not in ("native", "pcn")}
+    slim = {k: v for k, v in res.items() if k not in ("native", "pcn", "pcn_powell")}
     slim["transfer"] = {str(k): v for k, v in res["transfer"].items()}
     slim["cv"] = {str(k): v for k, v in res["cv"].items()}
-    for name in ("native", "pcn"):
+    for name in ("native", "pcn", "pcn_powell"):
         if res[name] is not None:
             slim[name] = {"fit_s": res[name]["fit_s"], "predict_s": res[name]["predict_s"],
                           "calibration": res[name]["calibration"],

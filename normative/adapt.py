@@ -91,7 +91,7 @@ def adapt_sites(model, local_controls, *, min_controls: int = 5):
             f"{who}: new sites with fewer than {min_controls} local controls: {small}; their "
             "offsets stay close to the average reference site.", SmallReferenceGroupWarning,
             stacklevel=2)
-    Y = model._responses_matrix(local_controls, who)
+    Y = model._model_units(model._responses_matrix(local_controls, who), local_controls.index, who)
     M = np.isfinite(Y).astype(float)
     Ys = np.where(M > 0, (np.where(M > 0, Y, 0.0) - model.y_mean_) / model.y_sd_, 0.0)
 

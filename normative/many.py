@@ -35,7 +35,8 @@ _log = checks.get_logger("normative.many")
 #: the engine's per-response arrays, with the axis along which responses run
 _RESPONSE_ARRAYS = {
     "beta_": 1, "gamma_": 1, "eps_": 0, "tau_": 0, "cov_beta_": 0, "cov_gamma_": 0,
-    "y_mean_": 0, "y_sd_": 0, "site_prior_sd_": 1, "converged_": 0,
+    "y_mean_": 0, "y_sd_": 0, "y_raw_mean_": 0, "y_raw_sd_": 0, "log_mask_": 0,
+    "site_prior_sd_": 1, "converged_": 0,
     "adapted_offset_": 1, "adapted_offset_var_": 1, "adapted_log_scale_": 1,
     "adapted_log_scale_var_": 1,
 }
@@ -110,7 +111,8 @@ def _fit_block(cov, block, names, model_kwargs):
     # count everywhere keeps local and distributed chunks bit-for-bit equal
     with threadpool_limits(limits=1, user_api="blas"):
         frame = _chunk_frame(cov, block, names)
-        return NormativeModel(responses=list(names), **model_kwargs).fit(frame)
+        # an explicit log_responses list names responses of every chunk (checked up front)
+        return NormativeModel(responses=list(names), **model_kwargs)._fit(frame, strict_log_names=False)
 
 
 def fit_chunked(
@@ -180,6 +182,11 @@ def fit_chunked(
         dup = pd.Index(names)[pd.Index(names).duplicated()].unique().tolist()
         raise ValueError(f"{who}: duplicate response names {dup[:10]}.")
     probe = _probe_model(model_kwargs)
+    lr = probe.log_responses
+    if lr is not None and not isinstance(lr, str):
+        unknown = sorted(set(lr) - set(names))
+        if unknown:
+            raise ValueError(f"{who}: log_responses names {unknown[:10]} are not among the responses.")
     need = [c for c in probe._needed_columns() + ["volume_kind"] if c in controls.columns]
     checks.require_columns(controls, probe._needed_columns(), who)
     cov = controls.loc[:, list(dict.fromkeys(need))]

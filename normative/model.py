@@ -8,6 +8,7 @@ returns deviation scores ``Z`` that are standard normal in healthy controls.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -30,7 +31,10 @@ __all__ = ["NormativeModel", "VOLUME_META_COLUMNS"]
 log = logging.getLogger("normfuse.normative")
 
 VOLUME_META_COLUMNS = ("subject_id", "session_id", "age", "sex", "site", "icv", "volume_kind")
-_SCHEMA = 1
+_SCHEMA = 2          # 2: log_responses (log-scale responses)
+#: FreeSurfer names of cerebrospinal-fluid spaces (ventricles, CSF): log_responses="csf"
+CSF_PATTERN = re.compile(r"ventricle|inf-lat-vent|(^|[-_ ])csf($|[-_ ])", re.IGNORECASE)
+_GH_NODES = 48       # Gauss-Hermite nodes for the original-unit moments of log responses
 _WARM_START_ROWS = 8000
 _MIN_SITE_LOG_SCALE_SD = 0.10
 
@@ -52,6 +56,35 @@ def _quad_forms(A, covs, max_bytes=256 * 2**20):
         B = A[s:s + chunk_rows] @ Lt                                # (R, rows, p)
         out[s:s + chunk_rows] = np.einsum("rnp,rnp->nr", B, B)
     return out
+
+
+def _exp_moments(mu, sigma, eps, delta, max_bytes=64 * 2**20):
+    """Mean and sd of ``exp(X)`` for SHASH ``X`` (log-scale responses), elementwise.
+
+    Gauss-Hermite quadrature over the standard-normal variable that generates X:
+    ``X = mu + sigma * sinh((asinh(N) + eps) / delta)``. Rows are processed in blocks.
+    """
+    from numpy.polynomial.hermite_e import hermegauss
+
+    x, w = hermegauss(_GH_NODES)
+    w = w / w.sum()
+    mu, sigma = np.asarray(mu, float), np.asarray(sigma, float)
+    eps = np.broadcast_to(eps, mu.shape)
+    delta = np.broadcast_to(delta, mu.shape)
+    m = np.empty_like(mu)
+    sd = np.empty_like(mu)
+    step = max(1, int(max_bytes // (8 * _GH_NODES * max(mu.shape[1], 1))))
+    for a in range(0, mu.shape[0], step):
+        sl = slice(a, a + step)
+        q = _shash.quantile(np, x[None, None, :], mu[sl, :, None], sigma[sl, :, None],
+                            eps[sl, :, None], delta[sl, :, None])
+        c = q.max(axis=2, keepdims=True)           # scale out the largest term (no overflow)
+        e = np.exp(q - c)
+        m1 = (e * w).sum(2)
+        m2 = (e * e * w).sum(2)
+        m[sl] = np.exp(c[..., 0]) * m1
+        sd[sl] = np.exp(c[..., 0]) * np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
+    return m, sd
 
 
 @persist.register("NormativeModel", schema=_SCHEMA)
@@ -82,6 +115,18 @@ class NormativeModel:
         Covariates of the log-scale (heteroscedasticity). Default: age (B-spline) and
         sex when they are covariates. ``()`` gives a homoscedastic scale per region
         (besides site scales), the structure of pcntoolkit's warped BLR.
+    log_responses : "csf", "all", None or sequence of str, default "csf"
+        Responses modelled on the log scale (location, scale, site effects and SHASH
+        shape all act on ``log(volume)``, so site and ICV effects are proportional).
+        ``"csf"`` takes the cerebrospinal-fluid spaces by FreeSurfer name (lateral,
+        inferior-lateral, 3rd, 4th and 5th ventricles, CSF): their spread grows with
+        their size, and on the fcon1000 benchmark the log scale raises the held-out
+        log-likelihood of all three ventricles (README, "Normative models"). A CSF
+        column with zeros or negative values in the fit data stays on the original
+        scale (logged). ``"all"``, ``None`` (none) or a list of names choose
+        explicitly; listed columns must be strictly positive. Z, centiles and the log
+        density are exact under the transform; ``predict`` returns the mean and sd in
+        the original units (Gauss-Hermite quadrature). Native backend only.
     site_scale : bool, default False
         Also give each site its own (shrunk) log-scale. Off by default: on the
         fcon1000 benchmark it over-fitted small sites (held-out Z sd 1.06 vs 1.04).
@@ -110,6 +155,8 @@ class NormativeModel:
     n_iter_ : int
     converged_ : ndarray of bool, one per response
     volume_kind_ : str or None
+    log_responses_ : list of str
+        The responses modelled on the log scale.
 
     Examples
     --------
@@ -132,6 +179,7 @@ class NormativeModel:
         scale_age_df: int = 3,
         site_scale: bool = False,
         scale_covariates: Sequence[str] | None = None,
+        log_responses: str | Sequence[str] | None = "csf",
         predictive: Literal["posterior", "plugin"] = "posterior",
         backend: Literal["native", "pcntoolkit"] = "native",
         device: str = "cpu",
@@ -146,6 +194,7 @@ class NormativeModel:
         self.scale_age_df = scale_age_df
         self.site_scale = site_scale
         self.scale_covariates = scale_covariates
+        self.log_responses = log_responses
         self.predictive = predictive
         self.backend = backend
         self.device = device
@@ -161,6 +210,8 @@ class NormativeModel:
             ("scale_age_df", self.scale_age_df), ("site_scale", self.site_scale),
             ("predictive", self.predictive),
             ("scale_covariates", None if self.scale_covariates is None else list(self.scale_covariates)),
+            ("log_responses", self.log_responses if self.log_responses is None
+             or isinstance(self.log_responses, str) else list(self.log_responses)),
             ("backend", self.backend),
             ("device", self.device), ("max_iter", self.max_iter), ("verbose", self.verbose))}
 
@@ -175,6 +226,10 @@ class NormativeModel:
             bad = [c for c in self.scale_covariates if c not in ("age", "sex") or c not in self.covariates]
             if bad:
                 raise ValueError(f"scale_covariates may hold 'age' and/or 'sex' among the covariates; got {bad}.")
+        lr = self.log_responses
+        if isinstance(lr, str) and lr not in ("csf", "all"):
+            raise ValueError(f"Got log_responses={lr!r}; expected 'csf', 'all', None or a list of "
+                             "response names.")
         if int(self.age_df) < 3 or int(self.scale_age_df) < 3:
             raise ValueError("age_df and scale_age_df must be >= 3 (cubic B-spline columns).")
 
@@ -257,6 +312,63 @@ class NormativeModel:
             raise ColumnContractError(f"{who}: column {self.responses_[j]!r} holds inf at row {df.index[i]!r}.")
         return Y
 
+    def _resolve_log_mask(self, Y, index, who, strict=True):
+        """Boolean mask of the responses modelled on the log scale (set at fit)."""
+        R = len(self.responses_)
+        lr = self.log_responses
+        if lr is None or (not isinstance(lr, str) and len(lr) == 0):
+            return np.zeros(R, bool)
+        if self.backend != "native":
+            if lr == "csf":
+                return np.zeros(R, bool)
+            raise ValueError(f"{who}: log_responses={lr!r} applies to the native backend only "
+                             "(pcntoolkit warps the responses itself).")
+        nonpos = np.any(np.isfinite(Y) & (Y <= 0), axis=0)
+        if lr == "csf":
+            mask = np.array([bool(CSF_PATTERN.search(r)) for r in self.responses_])
+            kept = mask & nonpos
+            if kept.any():
+                names = [r for r, k in zip(self.responses_, kept, strict=True) if k]
+                log.info("%s: %d CSF column(s) hold zeros or negative values and stay on the "
+                         "original scale: %s", who, len(names), names[:10])
+            return mask & ~nonpos
+        if lr == "all":
+            mask = np.ones(R, bool)
+        else:
+            names = list(lr)
+            unknown = [r for r in names if r not in self.responses_]
+            if unknown and strict:
+                raise ValueError(f"{who}: log_responses names {unknown[:10]} are not among the "
+                                 "responses; check the spelling (FreeSurfer 7 names).")
+            mask = np.isin(np.asarray(self.responses_, dtype=object), np.asarray(names, dtype=object))
+        self._check_positive(Y, mask, index, who)
+        return mask
+
+    def _check_positive(self, Y, mask, index, who):
+        bad = np.isfinite(Y) & (Y <= 0) & mask[None, :]
+        if bad.any():
+            i, j = (int(v[0]) for v in np.nonzero(bad))
+            raise ColumnContractError(
+                f"{who}: column {self.responses_[j]!r} is modelled on the log scale but holds "
+                f"{Y[i, j]!r} at row {index[i]!r}. A volume of 0 usually means the structure was "
+                "not segmented: set it to NaN to leave it out, or fit with log_responses=None.")
+
+    def _model_units(self, Y, index, who):
+        """Responses in the units the engine models (log for ``log_responses_``)."""
+        mask = self.log_mask_
+        if not mask.any():
+            return Y
+        self._check_positive(Y, mask, index, who)
+        out = np.array(Y, dtype=np.float64, copy=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, mask] = np.log(out[:, mask])
+        return out
+
+    @property
+    def log_responses_(self) -> list[str]:
+        checks.check_is_fitted(self, ["responses_"])
+        return [r for r, m in zip(self.responses_, self.log_mask_, strict=True) if m]
+
     # ------------------------------------------------------------------- fit
     def fit(self, controls, y=None) -> NormativeModel:
         """Fit on a ``volumes``-like DataFrame of healthy controls (one row per scan).
@@ -264,6 +376,9 @@ class NormativeModel:
         Missing response values (NaN) are left out of that region's fit only.
         Returns ``self``.
         """
+        return self._fit(controls, strict_log_names=True)
+
+    def _fit(self, controls, strict_log_names):
         who = self._who("fit")
         self._validate_params()
         self._check_covariates(controls, who)
@@ -274,6 +389,11 @@ class NormativeModel:
         self.volume_kind_ = self._check_volume_kind(controls, who, fitting=True)
         M = np.isfinite(Y).astype(float)
         n_obs = M.sum(0)
+        self.log_mask_ = self._resolve_log_mask(Y, controls.index, who, strict=strict_log_names)
+        Yr = np.where(M > 0, Y, 0.0)
+        self.y_raw_mean_ = (Yr * M).sum(0) / np.maximum(n_obs, 1)
+        self.y_raw_sd_ = np.sqrt((((Yr - self.y_raw_mean_) ** 2) * M).sum(0) / np.maximum(n_obs, 1))
+        Y = self._model_units(Y, controls.index, who)
         if (n_obs < 10).any():
             bad = [r for r, k in zip(self.responses_, n_obs, strict=True) if k < 10]
             raise ColumnContractError(f"{who}: fewer than 10 observed values for {bad[:10]}; cannot fit.")
@@ -289,7 +409,7 @@ class NormativeModel:
                     f"{who}: sites with fewer than 5 controls: {dict(small)}; their site effects are "
                     "shrunk strongly toward the average site. Silence with warnings.filterwarnings("
                     "'ignore', category=SmallReferenceGroupWarning).", SmallReferenceGroupWarning,
-                    stacklevel=2)
+                    stacklevel=3)
         Yz = np.where(M > 0, Y, 0.0)
         self.y_mean_ = (Yz * M).sum(0) / n_obs
         self.y_sd_ = np.sqrt((((Yz - self.y_mean_) ** 2) * M).sum(0) / n_obs)
@@ -350,7 +470,7 @@ class NormativeModel:
             warnings.warn(
                 f"{who}: the fit did not converge for {bad[:10]} within max_iter={self.max_iter}. "
                 "Increase max_iter, or check those columns for outliers or unit errors.",
-                ConvergenceWarning, stacklevel=2)
+                ConvergenceWarning, stacklevel=3)
         if self.verbose:
             log.info("fitted %d responses on %d controls in %d iterations", len(self.responses_),
                      len(controls), self.n_iter_)
@@ -446,7 +566,7 @@ class NormativeModel:
             Z = self._pcn.transform(data)
         else:
             mu, sigma, eps, delta, _ = self._params(data, who)
-            Z = _shash.zscore(np, Y, mu, sigma, eps, delta)
+            Z = _shash.zscore(np, self._model_units(Y, data.index, who), mu, sigma, eps, delta)
         return pd.DataFrame(Z, index=data.index, columns=list(self.responses_))
 
     def predict(self, data):
@@ -462,6 +582,9 @@ class NormativeModel:
             mu, sigma, eps, delta, _ = self._params(data, who)
             m1, sd1 = _shash.moments(self.eps_, np.exp(self.tau_))
             m, s = mu + sigma * m1[None, :], sigma * sd1[None, :]
+            if self.log_mask_.any():
+                j = self.log_mask_
+                m[:, j], s[:, j] = _exp_moments(mu[:, j], sigma[:, j], eps[:, j], delta[:, j])
         cols = list(self.responses_)
         return (pd.DataFrame(m, index=data.index, columns=cols),
                 pd.DataFrame(s, index=data.index, columns=cols))
@@ -487,17 +610,20 @@ class NormativeModel:
             zq = norm.ppf(qs)
             arr = _shash.quantile(np, zq[None, None, :], mu[:, :, None], sigma[:, :, None],
                                   eps[:, :, None], delta[:, :, None])
+            arr[:, self.log_mask_, :] = np.exp(arr[:, self.log_mask_, :])
         cols = pd.MultiIndex.from_product([list(self.responses_), list(qs)], names=["response", "q"])
         return pd.DataFrame(arr.reshape(len(data), -1), index=data.index, columns=cols)
 
     def logpdf(self, data):
-        """Log predictive density of each observed value (NaN where missing)."""
+        """Log predictive density of each observed value, per original unit (NaN where missing)."""
         import pandas as pd
 
         who = self._who("logpdf")
         Y = self._responses_matrix(data, who)
         mu, sigma, eps, delta, _ = self._params(data, who)
-        lp = _shash.logpdf(np, Y, mu, np.log(sigma), eps, np.log(delta))
+        Ym = self._model_units(Y, data.index, who)
+        lp = _shash.logpdf(np, Ym, mu, np.log(sigma), eps, np.log(delta))
+        lp[:, self.log_mask_] -= Ym[:, self.log_mask_]       # Jacobian of log: density per original unit
         return pd.DataFrame(lp, index=data.index, columns=list(self.responses_))
 
     def age_out_of_range(self, data):
@@ -520,7 +646,8 @@ class NormativeModel:
         mean, sd = self.predict(data)
         z = self.transform(data)
         return evaluate(Y, mean.to_numpy(), sd.to_numpy(), z.to_numpy(),
-                        train_mean=self.y_mean_, train_sd=self.y_sd_, responses=self.responses_)
+                        train_mean=self.y_raw_mean_, train_sd=self.y_raw_sd_,
+                        responses=self.responses_)
 
     def deviations(self, data, *, threshold: float = 1.96, tail: str = "both"):
         """The ``deviations`` table: keys, one Z column per response, n_crit counts and flags."""
@@ -557,7 +684,8 @@ class NormativeModel:
                   "adapted_offset": self.adapted_offset_, "adapted_offset_var": self.adapted_offset_var_,
                   "adapted_log_scale": self.adapted_log_scale_,
                   "adapted_log_scale_var": self.adapted_log_scale_var_,
-                  "y_mean": self.y_mean_, "y_sd": self.y_sd_}
+                  "y_mean": self.y_mean_, "y_sd": self.y_sd_, "y_raw_mean": self.y_raw_mean_,
+                  "y_raw_sd": self.y_raw_sd_, "log_mask": self.log_mask_}
         return persist.save_state(path, kind="NormativeModel", meta=meta, arrays=arrays)
 
     @classmethod
@@ -575,13 +703,14 @@ class NormativeModel:
         obj.volume_kind_ = meta["volume_kind"]
         obj.n_iter_ = int(meta["n_iter"])
         for k in ("beta", "gamma", "eps", "tau", "site_prior_sd", "y_mean", "y_sd", "cov_beta",
-                  "cov_gamma"):
+                  "cov_gamma", "y_raw_mean", "y_raw_sd"):
             setattr(obj, k + "_", np.asarray(arrays[k], dtype=float))
         obj.converged_ = np.asarray(arrays["converged"], dtype=bool)
+        obj.log_mask_ = np.asarray(arrays["log_mask"], dtype=bool)
         for k in ("adapted_offset", "adapted_offset_var", "adapted_log_scale", "adapted_log_scale_var"):
             setattr(obj, k + "_", np.asarray(arrays[k], dtype=float).reshape(-1, len(meta["responses"])))
         R = len(obj.responses_)
-        if (obj.beta_.shape[1] != R or obj.gamma_.shape[1] != R
+        if (obj.beta_.shape[1] != R or obj.gamma_.shape[1] != R or obj.log_mask_.shape != (R,)
                 or len(obj.sites_) != len(obj.design_.sites) + len(obj.design_.extra_sites)):
             from normfuse.errors import SchemaError
 

@@ -39,10 +39,12 @@ def test_heldout_quality_beats_pcntoolkit(split, native):
     assert sc["msll"].mean() <= -0.283        # pcntoolkit warped BLR: -0.283
     c = z_calibration(native.transform(test).to_numpy())
     assert abs(c["z_sd"] - 1.0) <= 0.05
-    # The seed-42 test half holds subjects deviating in many regions at once; its
-    # tail fraction is 6.3 % (target 4.5-5.5 %), and 6.1-6.2 % even out of fold in
-    # cross-validation (see the next test and benchmarks/RESULTS.md).
-    assert c["frac_abs_z_gt"] < 0.07 and c["z_exkurt"] < 0.6
+    assert c["z_exkurt"] <= 0.5
+    # The seed-42 test half holds subjects deviating in many regions at once (13 of 324
+    # with >= 5 critical regions, vs 9 of 754 in the training half); its tail fraction is
+    # 6.2 % (target 4.5-5.5 %), 6.1-6.2 % even out of fold in cross-validation (next
+    # test), and 5.9 % for pcntoolkit's warped BLR fitted to convergence (RESULTS.md).
+    assert c["frac_abs_z_gt"] < 0.07
 
 
 def test_cross_validated_calibration(split):
@@ -95,13 +97,14 @@ def test_unknown_site_without_adaptation_is_refused(shared_data):
 
 @pytest.mark.slow
 def test_native_and_pcntoolkit_agree(split, native):
-    """Native and pcntoolkit Z agree closely; where they differ, native predicts held-out data better.
+    """Native Z correlate >= 0.98 per region with pcntoolkit's warped BLR fitted to convergence.
 
-    Issue 3 asks for a per-region correlation >= 0.98. Measured: median 0.97-0.98, and
-    8 of 18 regions >= 0.98; the lowest (3rd ventricle, lateral ventricles, left
-    hippocampus, 0.92-0.95) are regions where the native model's held-out
-    log-likelihood is higher, i.e. the disagreement is pcntoolkit's misfit of
-    age-dependent spread, not an error of either engine.
+    pcntoolkit's default optimiser (L-BFGS-B on the marginal likelihood plus an L2 penalty
+    of 0.1 on the log hyperparameters, finite-difference step 0.1) stops short of the
+    optimum in several regions; its own ``optimizer="powell"`` converges. Against the
+    converged fit every region agrees (measured min 0.981, 3rd ventricle; median 0.993);
+    against the default fit the agreement is lower where that fit is visibly worse on
+    the training data itself (left hippocampus 0.93).
     """
     pytest.importorskip("pcntoolkit")
     from benchmarks._pcn_reference import run_pcn_benchmark
@@ -109,14 +112,19 @@ def test_native_and_pcntoolkit_agree(split, native):
     train, test, regions = split
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pc = run_pcn_benchmark(train, test, regions)
+        pw = run_pcn_benchmark(train, test, regions, optimizer="powell")
+        st = run_pcn_benchmark(train, test, regions)
     zn = native.transform(test).to_numpy()
-    corr = np.array([np.corrcoef(zn[:, j], pc["z"][:, j])[0, 1] for j in range(len(regions))])
-    assert np.median(corr) >= 0.97 and corr.min() >= 0.90
-    ll_n = native.logpdf(test).to_numpy().mean(0)
-    ll_p = pc["logp"].mean(0)
-    assert ll_n.mean() > ll_p.mean()
-    assert (ll_n > ll_p)[corr < 0.98].mean() >= 0.8
+    corr = np.array([np.corrcoef(zn[:, j], pw["z"][:, j])[0, 1] for j in range(len(regions))])
+    assert corr.min() >= 0.98, dict(zip(regions, corr.round(4)))
+    # the converged fit is the better fit of pcntoolkit's own model: higher training
+    # log-likelihood (mean over regions; measured +0.05 nats per value, +0.11 in the
+    # left hippocampus) and no region worse beyond optimiser tolerance
+    tr_pw = pw["model"].logpdf(train).mean(0)
+    tr_st = st["model"].logpdf(train).mean(0)
+    assert (tr_pw - tr_st).mean() > 0.02 and (tr_pw - tr_st).min() > -0.005
+    # the native model predicts the held-out volumes at least as well as the stock fit
+    assert native.logpdf(test).to_numpy().mean() > st["logp"].mean()
 
 
 @pytest.mark.slow
