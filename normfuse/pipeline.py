@@ -432,15 +432,7 @@ def _ns(values):
 
 def _person_ids(omop) -> pd.Series:
     """OMOP ``person_id`` -> ``person_source_value`` (the ids the MRI tables use)."""
-    prefix = f"{omop.schema}." if omop.schema else ""
-    text = f"SELECT person_id, person_source_value FROM {prefix}person"
-    if getattr(omop, "_con", None) is not None:
-        df = omop._con.execute(text).df()
-    else:
-        import sqlalchemy as sa
-
-        with omop._engine.connect() as con:
-            df = pd.read_sql(sa.text(text), con)
+    df = omop.persons(["person_id", "person_source_value"])
     df = df.dropna(subset=["person_source_value"])
     return pd.Series(df["person_source_value"].astype(str).to_numpy(dtype=object),
                      index=df["person_id"].to_numpy())
