@@ -9,7 +9,9 @@ writes every table as CSV and Parquet under ``out/tables``, models under ``out/m
 Output folder ``out/``::
 
     manifest.json        config, config digest, input SHA-256s, package versions, seed,
-                         stage timings, finished stages (written atomically after each stage)
+                         stage timings, finished stages, stage_info (settings a stage
+                         resolved at run time, e.g. models: ci asked for and ci_method
+                         used) (written atomically after each stage)
     tables/*.csv|parquet every result table (see PipelineResults.tables)
     models/normative/    the normative model (NormativeModel.save; adapted when adaptation ran)
     models/xgb_*/        XGBoost models (save_model JSON inside a checksummed folder)
@@ -533,7 +535,7 @@ def stage_models(cfg: Mapping, ctx: dict) -> dict:
     xgb_params = {"n_estimators": m["n_estimators"], "n_jobs": m["n_jobs"]}
     comp = compare_models(tab, y, models=tuple(m["compare"]), ablations=m["ablations"],
                           n_splits=m["n_splits"], n_repeats=m["n_repeats"], preprocessors=hook,
-                          n_boot=m["n_boot"], random_state=seed, device="cpu",
+                          n_boot=m["n_boot"], ci=m["ci"], random_state=seed, device="cpu",
                           xgb_params=xgb_params)
     results["comparison"] = comp
     tables["model_comparison"] = comp.summary().reset_index()
@@ -548,7 +550,10 @@ def stage_models(cfg: Mapping, ctx: dict) -> dict:
         models[f"xgb_{name}"] = XGBClassifierModel(
             feature_prefixes=prefixes, n_estimators=m["n_estimators"], n_jobs=m["n_jobs"],
             random_state=seed, device="cpu").fit(tab, y)
-    return {"tables": tables, "results": results, "models": models}
+    # the CI method asked for and the one compare_models used ('auto' resolves per data)
+    info = {"ci": m["ci"], "ci_method": comp.settings.get("ci_method"),
+            "max_rows_per_patient": comp.settings.get("max_rows_per_patient")}
+    return {"tables": tables, "results": results, "models": models, "manifest": info}
 
 
 def stage_analyses(cfg: Mapping, ctx: dict) -> dict:
@@ -856,6 +861,8 @@ def run_pipeline(config: Mapping, out: str | Path, *, force: bool = False,
         "package_versions": _versions(), "seeds": {"study": config["study"]["seed"]},
         "finished_stages": [s for s in finished if s not in rerun], "timings": timings,
         "files": dict(prev.get("files", {})) if prev else {},
+        "stage_info": {k: v for k, v in (prev.get("stage_info", {}) if prev else {}).items()
+                       if k not in rerun},
     }
     if extra_manifest:
         manifest.update({k: v for k, v in extra_manifest.items() if k not in manifest})
@@ -907,6 +914,8 @@ def run_pipeline(config: Mapping, out: str | Path, *, force: bool = False,
         for f in files:
             paths[f] = out / f
             manifest["files"][f] = f
+        if res.get("manifest"):
+            manifest["stage_info"][stage] = dict(res["manifest"])
         timings[stage] = round(time.perf_counter() - t0, 3)
         manifest["finished_stages"].append(stage)
         manifest.pop("failed_stage", None)
