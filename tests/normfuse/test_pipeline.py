@@ -135,3 +135,26 @@ def test_clinical_maps_omop_person_ids_to_subject_ids(tmp_path):
     assert clin["encounters"].set_index("encounter_id")["patient_id"].to_dict() == \
         {10: "sub-001", 20: "2"}
     assert clin["notes"]["patient_id"].tolist() == ["sub-001"]
+
+
+def test_pipeline_names_stay_importable_and_light():
+    """normfuse.pipeline re-exports its names from the private modules, and imports no heavy library."""
+    import subprocess
+    import sys
+
+    import normfuse.pipeline as p
+    from normfuse import _pipeline_run
+
+    for name in p.__all__:
+        assert hasattr(p, name), name
+    for obj in (p.PipelineResults, p.OutputFolderError, p.run_pipeline, p.read_volumes,
+                p.file_digest, p.demo_config):
+        assert obj.__module__ == "normfuse.pipeline", obj
+    # one stage table: patching normfuse.pipeline.STAGE_FUNCS patches the runner's
+    assert p.STAGE_FUNCS is _pipeline_run.STAGE_FUNCS
+    assert tuple(p.STAGE_FUNCS) == p.STAGES
+    code = ("import sys, normfuse.pipeline\n"
+            "print(','.join(m for m in ('torch', 'xgboost', 'matplotlib', 'pcntoolkit', 'duckdb',"
+            " 'nilearn', 'statsmodels', 'lifelines', 'sqlalchemy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
