@@ -18,6 +18,8 @@ notes               ``note``: note_datetime (else note_date), note_text
 visits              ``observation``: EDSS rows (``edss_source_value`` or ``edss_concept_id``)
                     and relapse rows (``relapse_source_value``) per person and date
 demographics        ``person``: gender_concept_id 8507 -> "M", 8532 -> "F"; year_of_birth
+(raw rows)          ``person`` as stored, via :meth:`OMOPSource.persons`: person_id ->
+                    person_source_value links OMOP to the imaging subject ids
 ==================  =====================================================================
 
 Timestamps use the ``*_datetime`` column when present and the ``*_date`` column
@@ -26,6 +28,7 @@ otherwise (as midnight).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +38,7 @@ import pandas as pd
 from features._util import dropped, to_naive_datetime
 from normfuse.checks import get_logger, optional_import, require_columns
 from normfuse.contracts import EVENT_COLUMNS, NOTE_COLUMNS, VISIT_COLUMNS
-from normfuse.errors import InputFormatError
+from normfuse.errors import ColumnContractError, InputFormatError
 
 __all__ = ["read_table", "read_events", "OMOPSource", "OMOP_QUERIES", "VITAL_CONCEPTS"]
 
@@ -271,15 +274,18 @@ class OMOPSource:
         text = self.sql(name)
         params = {"edss_source": self.edss_source_value, "edss_concept": self.edss_concept_id,
                   "relapse_source": self.relapse_source_value}
-        used = {k: v for k, v in params.items() if f":{k}" in text}
+        return self._run(text, {k: v for k, v in params.items() if f":{k}" in text})
+
+    def _run(self, text: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Run SQL with ``:name`` parameters on whichever backend this source holds."""
+        params = params or {}
         if self._con is not None:
             duck_text = re.sub(r":([A-Za-z_]\w*)", r"$\1", text)
-            df = self._con.execute(duck_text, used).df() if used else self._con.execute(duck_text).df()
-        else:
-            sa = optional_import("sqlalchemy", "sql", "OMOPSource on a database URL")
-            with self._engine.connect() as c:
-                df = pd.read_sql(sa.text(text), c, params=used)
-        return df
+            return self._con.execute(duck_text, params).df() if params else \
+                self._con.execute(duck_text).df()
+        sa = optional_import("sqlalchemy", "sql", "OMOPSource on a database URL")
+        with self._engine.connect() as c:
+            return pd.read_sql(sa.text(text), c, params=params)
 
     # -- contract tables
     def encounters(self) -> pd.DataFrame:
@@ -356,3 +362,62 @@ class OMOPSource:
     def demographics(self) -> pd.DataFrame:
         """``patient_id, sex, year_of_birth`` from person."""
         return self.query("persons")
+
+    def persons(self, columns: Sequence[str] = ("person_id", "person_source_value")) -> pd.DataFrame:
+        """Rows of the CDM ``person`` table, as stored (no renaming or recoding).
+
+        The link between OMOP and the imaging tables: ``person_source_value`` holds the
+        site's own subject id (the one the MRI folders use), ``person_id`` the CDM key
+        every other OMOP table refers to. The same SQL runs on DuckDB and PostgreSQL.
+
+        Parameters
+        ----------
+        columns : ``person`` columns to return, in this order; ``person_id`` is added
+            first when not listed. Plain identifiers only (letters, digits, ``_``);
+            matched case-insensitively, returned lower-case as in the CDM.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per person, ordered by ``person_id``, with a fresh ``RangeIndex``;
+            NULLs are missing values (``None``/``NaN``), nothing is dropped.
+
+        Raises
+        ------
+        ValueError
+            A name in ``columns`` is not a plain SQL identifier.
+        ColumnContractError
+            The ``person`` table lacks a requested column (the message lists the columns
+            it has).
+
+        See Also
+        --------
+        demographics : ``patient_id, sex, year_of_birth`` in our contract.
+
+        Examples
+        --------
+        >>> import duckdb
+        >>> con = duckdb.connect()
+        >>> _ = con.execute("CREATE TABLE person AS SELECT * FROM (VALUES (2, 'sub-02', 1975), "
+        ...                 "(1, 'sub-01', 1980)) t(person_id, person_source_value, year_of_birth)")
+        >>> OMOPSource(con).persons()
+           person_id person_source_value
+        0          1              sub-01
+        1          2              sub-02
+        """
+        who = "OMOPSource.persons"
+        if isinstance(columns, str):
+            columns = [columns]
+        want = [_ident(str(c), who).lower() for c in columns]
+        want = ["person_id"] + [c for c in dict.fromkeys(want) if c != "person_id"]
+        prefix = f"{_ident(self.schema, who)}." if self.schema else ""
+        have = [str(c).lower() for c in self._run(f"SELECT * FROM {prefix}person WHERE 1 = 0").columns]
+        missing = [c for c in want if c not in have]
+        if missing:
+            raise ColumnContractError(
+                f"{who}: the {prefix}person table lacks requested columns.\nMissing: {missing}\n"
+                f"Present: {have}\nAsk for columns the table has (the OMOP CDM v5.3/5.4 person "
+                "table has person_source_value) or add them to the CDM.")
+        df = self._run(f"SELECT {', '.join(want)} FROM {prefix}person ORDER BY person_id")
+        df.columns = want
+        return df.reset_index(drop=True)

@@ -143,6 +143,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "n_repeats": Key("int", 1, "Repeats of the patient-grouped, outcome-stratified CV.",
                          minimum=1),
         "ablations": Key("bool", True, "Leave-one-modality-out ablations of all_xgb and fusion_concat."),
+        "ci": Key("str", "auto", "AUROC CIs and p-values: 'delong' (DeLong, assumes one row per "
+                  "patient), 'cluster_bootstrap' (patients resampled with all their index rows), "
+                  "or 'auto' (DeLong when every patient has one index row, else the cluster "
+                  "bootstrap with n_boot replicates); the method used is in model_comparison's "
+                  "ci_method and the manifest.", choices=("auto", "delong", "cluster_bootstrap")),
     },
     "analyses": {
         "theta": Key("float", 1.0, "Fixed negative-binomial theta of the published count model "
@@ -198,9 +203,10 @@ def _check_value(src: str, sec: str, name: str, key: Key, value: Any) -> Any:
         vals = value if isinstance(value, list) else [value]
         for v in vals:
             if v not in key.choices:
+                hint = _suggest(v, [str(c) for c in key.choices]) if isinstance(v, str) else ""
                 raise ConfigError(
                     f"{src}: {where} = {v!r} is not one of "
-                    f"{', '.join(repr(c) for c in key.choices)}; fix the value.")
+                    f"{', '.join(repr(c) for c in key.choices)}; fix the value.{hint}")
     if key.minimum is not None and t in ("int", "float") and value < key.minimum:
         raise ConfigError(f"{src}: {where} = {value!r} is below the minimum {key.minimum:g}; "
                           "fix the value.")

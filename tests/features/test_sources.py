@@ -24,7 +24,8 @@ D = pd.Timestamp
 def _omop_tables():
     """A small hand-made OMOP CDM: 3 persons, visits, measurements, drugs, notes, observations."""
     person = pd.DataFrame({"person_id": [1, 2, 3], "gender_concept_id": [8532, 8507, 0],
-                           "year_of_birth": [1980, 1975, 1990]})
+                           "year_of_birth": [1980, 1975, 1990],
+                           "person_source_value": ["sub-001", "sub-007", None]})
     visit = pd.DataFrame({
         "visit_occurrence_id": [10, 11, 20],
         "person_id": [1, 1, 2],
@@ -85,7 +86,48 @@ def _duck(tables):
 
 def _all(src):
     return {"events": src.events(), "encounters": src.encounters(), "notes": src.notes(),
-            "visits": src.visits(), "demographics": src.demographics()}
+            "visits": src.visits(), "demographics": src.demographics(),
+            "persons": src.persons(["person_source_value", "year_of_birth", "gender_concept_id"])}
+
+
+def _rows(df):
+    """Rows as tuples of plain Python values, NULL as None (backend- and pandas-independent)."""
+    return [tuple(None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for v in r)
+            for r in df.itertuples(index=False)]
+
+
+#: The planted person rows, ordered by person_id: (person_id, person_source_value, year_of_birth).
+PERSONS = [(1, "sub-001", 1980), (2, "sub-007", 1975), (3, None, 1990)]
+
+
+def test_omop_persons_duckdb_returns_planted_rows():
+    """persons() returns the planted person rows by person_id, in the asked column order."""
+    tables = _omop_tables()
+    tables["person"] = tables["person"].iloc[[2, 0, 1]]      # stored out of order
+    src = OMOPSource(_duck(tables))
+    got = src.persons()
+    assert list(got.columns) == ["person_id", "person_source_value"]
+    assert isinstance(got.index, pd.RangeIndex)
+    assert _rows(got) == [r[:2] for r in PERSONS]
+    got = src.persons(["person_source_value", "YEAR_OF_BIRTH", "person_source_value"])
+    assert list(got.columns) == ["person_id", "person_source_value", "year_of_birth"]
+    assert _rows(got) == PERSONS
+    assert _rows(src.persons("year_of_birth")) == [(r[0], r[2]) for r in PERSONS]
+
+
+def test_omop_persons_errors_and_schema():
+    """A missing column names itself and the present ones; identifiers are checked; schema applies."""
+    con = _duck(_omop_tables())
+    src = OMOPSource(con)
+    with pytest.raises(ColumnContractError, match=r"Missing: \['birth_datetime'\]") as ei:
+        src.persons(["birth_datetime"])
+    assert "person_source_value" in str(ei.value)
+    with pytest.raises(ValueError, match="not a plain SQL identifier"):
+        src.persons(["person_id; DROP TABLE person"])
+    con.execute("CREATE SCHEMA site2")
+    con.execute("CREATE TABLE site2.person AS SELECT 9 AS person_id, 'sub-900' AS person_source_value")
+    assert _rows(OMOPSource(con, schema="site2").persons()) == [(9, "sub-900")]
+    assert _rows(src.persons()) == [r[:2] for r in PERSONS]
 
 
 def test_omop_duckdb_maps_to_contracts():
@@ -229,4 +271,23 @@ def test_omop_postgres_matches_duckdb(postgres_url):
             else:
                 assert [None if pd.isna(v) else (float(v) if isinstance(v, (int, float)) else v) for v in xs] == \
                        [None if pd.isna(v) else (float(v) if isinstance(v, (int, float)) else v) for v in ys], (k, c)
+    eng.dispose()
+
+
+@pytest.mark.slow
+def test_omop_persons_postgres_returns_planted_rows(postgres_url):
+    """On a real PostgreSQL server persons() returns the planted rows, as on DuckDB."""
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(postgres_url)
+    with eng.begin() as c:
+        c.execute(sa.text("CREATE SCHEMA link"))
+    _omop_tables()["person"].iloc[[2, 0, 1]].to_sql("person", eng, schema="link", index=False)
+    pg = OMOPSource(eng, schema="link")
+    assert pg.backend == "postgresql"
+    got = pg.persons(["person_source_value", "year_of_birth"])
+    assert list(got.columns) == ["person_id", "person_source_value", "year_of_birth"]
+    assert _rows(got) == PERSONS
+    with pytest.raises(ColumnContractError, match=r"Missing: \['race_concept_id'\]"):
+        pg.persons(["race_concept_id"])
     eng.dispose()

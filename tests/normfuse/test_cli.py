@@ -135,14 +135,19 @@ def test_missing_inputs_and_bad_config(tmp_path, demo, capsys):
         "missing": text.replace('subjects_dir = "data/subjects"', 'subjects_dir = "nowhere"'),
         "unknown": text.replace("[normative]", "[normative]\ntial = 1"),
         "wrongtype": text.replace('seed = 3', 'seed = "three"'),
+        "badci": text.replace('ci = "auto"', 'ci = "bootstrap"'),
     }
+    assert cases["badci"] != text
     for name, body in cases.items():
         p = demo / f"{name}.toml"
         p.write_text(body)
         rc = main(["run", str(p), "--out", str(tmp_path / name)])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1, (name, err)
-        assert {"missing": "nowhere", "unknown": "tial", "wrongtype": "seed"}[name] in err[0]
+        assert {"missing": "nowhere", "unknown": "tial", "wrongtype": "seed",
+                "badci": "[models] ci = 'bootstrap' is not one of 'auto', 'delong', "
+                         "'cluster_bootstrap'; fix the value. Did you mean 'cluster_bootstrap'?"
+                }[name] in err[0]
         assert not (tmp_path / name / "tables").exists()
     bad = tmp_path / "vols.xlsx"
     bad.write_text("x")
@@ -150,6 +155,37 @@ def test_missing_inputs_and_bad_config(tmp_path, demo, capsys):
                "--out", str(tmp_path / "z.csv")])
     assert rc == 2 and "expected .csv, .tsv, .txt or .parquet" in capsys.readouterr().err
     assert not (tmp_path / "z.csv").exists()
+
+
+def test_models_ci_reaches_compare_models(demo, tmp_path):
+    """[models] ci goes to compare_models: its ci_method is in model_comparison and the manifest."""
+    from normfuse.config import load_config, to_toml
+
+    man = json.loads((demo / "manifest.json").read_text())
+    # the demo has several index visits per patient, so 'auto' picks the cluster bootstrap
+    assert man["config"]["models"]["ci"] == "auto"
+    info = man["stage_info"]["models"]
+    assert info["ci"] == "auto" and info["ci_method"] == "cluster_bootstrap"
+    assert info["max_rows_per_patient"] > 1
+    comp = pd.read_parquet(demo / "tables" / "model_comparison.parquet")
+    ran = comp["skipped"].fillna("").astype(str) == ""
+    assert ran.any() and set(comp.loc[ran, "ci_method"]) == {"cluster_bootstrap"}
+    # asking for DeLong on the same cohort gives DeLong (a small, fast model set)
+    cfg = load_config(demo / "study.toml")
+    cfg["models"].update(ci="delong", compare=["dev_count_logistic", "dev_xgb"], ablations=False,
+                         n_estimators=20)
+    cfg["features"].update(notes=False, ehr=False)
+    toml = demo / "delong.toml"
+    toml.write_text(to_toml(cfg, relative_to=demo))
+    out = tmp_path / "delong"
+    assert main(["-q", "run", str(toml), "--out", str(out), "--until", "models"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["models"]["ci"] == "delong"
+    assert man["stage_info"]["models"]["ci"] == "delong"
+    assert man["stage_info"]["models"]["ci_method"] == "delong"
+    comp = pd.read_parquet(out / "tables" / "model_comparison.parquet")
+    assert comp["model"].tolist() == ["dev_count_logistic", "dev_xgb"]
+    assert set(comp["ci_method"]) == {"delong"}
 
 
 def test_subcommands_files_in_files_out(demo, tmp_path):

@@ -22,6 +22,9 @@ def test_defaults_filled_and_paths_resolved(tmp_path):
     assert set(cfg) == set(SCHEMA)
     assert cfg["normative"]["tail"] == "lower" and cfg["normative"]["threshold"] == 1.96
     assert cfg["analyses"]["theta"] == 1.0
+    assert cfg["models"]["ci"] == "auto"
+    assert parse_config(_raw(models={"ci": "cluster_bootstrap"}))["models"]["ci"] == \
+        "cluster_bootstrap"
     assert cfg["patients"]["subjects_dir"] == str(tmp_path / "subjects")
     assert cfg["reference"]["tables"] == [str(tmp_path / "ref.txt")]
     assert cfg["clinical"]["source"] == str(tmp_path / "ehr.duckdb")
@@ -35,6 +38,13 @@ def test_defaults_filled_and_paths_resolved(tmp_path):
     (_raw(features={"ehr": "yes"}), r"\[features\] ehr = 'yes' must be true or false"),
     (_raw(normative={"tail": "low"}), r"\[normative\] tail = 'low' is not one of 'lower'"),
     (_raw(models={"n_splits": 1}), r"\[models\] n_splits = 1 is below the minimum 2"),
+    (_raw(models={"ci": "delon"}), r"\[models\] ci = 'delon' is not one of 'auto', 'delong', "
+     r"'cluster_bootstrap'; fix the value\. Did you mean 'delong'\?$"),
+    (_raw(models={"ci": "DeLong"}), r"\[models\] ci = 'DeLong' is not one of 'auto', 'delong', "
+     r"'cluster_bootstrap'; fix the value\. Did you mean 'delong'\?$"),
+    (_raw(models={"ci": "jackknife"}), r"\[models\] ci = 'jackknife' is not one of 'auto', "
+     r"'delong', 'cluster_bootstrap'; fix the value\.$"),
+    (_raw(models={"ci": 1}), r"\[models\] ci = 1 must be a string"),
     (_raw(reference={"model": "m"}), r"\[reference\] sets both model and tables"),
     ({"patients": {}, "reference": {"tables": ["r"]}, "clinical": {"source": "e.duckdb"}},
      r"\[patients\] needs exactly one of subjects_dir"),

@@ -84,3 +84,77 @@ def test_pipeline_recovers_planted_effects(tmp_path):
     # held-out controls: expected count near nominal 90 * 0.025 (lower tail)
     cc = res.tables["critical_counts"].set_index("group")
     assert abs(cc.loc["held-out reference controls", "mean_n_crit"] - 2.25) < 1.0
+
+
+_OMOP_SQL = """
+CREATE TABLE person (person_id BIGINT, gender_concept_id INTEGER, year_of_birth INTEGER,
+                     person_source_value VARCHAR);
+INSERT INTO person VALUES (2, 8507, 1975, NULL), (1, 8532, 1980, 'sub-001');
+CREATE TABLE visit_occurrence (visit_occurrence_id BIGINT, person_id BIGINT,
+    visit_start_date DATE, visit_start_datetime TIMESTAMP, visit_end_date DATE,
+    visit_end_datetime TIMESTAMP);
+INSERT INTO visit_occurrence VALUES (10, 1, '2020-01-01', NULL, '2020-01-01', NULL),
+                                    (20, 2, '2020-03-01', NULL, '2020-03-01', NULL);
+CREATE TABLE measurement (measurement_id BIGINT, person_id BIGINT, visit_occurrence_id BIGINT,
+    measurement_concept_id INTEGER, measurement_date DATE, measurement_datetime TIMESTAMP,
+    measurement_source_value VARCHAR, value_as_number DOUBLE, operator_concept_id INTEGER,
+    unit_source_value VARCHAR);
+INSERT INTO measurement VALUES (1, 2, 20, 3020460, '2020-03-01', NULL, 'crp', 4.0, NULL, 'mg/L'),
+                               (2, 1, 10, 3020460, '2020-01-01', NULL, 'crp', 5.0, NULL, 'mg/L');
+CREATE TABLE drug_exposure (drug_exposure_id BIGINT, person_id BIGINT, visit_occurrence_id BIGINT,
+    drug_concept_id INTEGER, drug_exposure_start_date DATE, drug_exposure_start_datetime TIMESTAMP,
+    drug_source_value VARCHAR, quantity DOUBLE);
+CREATE TABLE note (note_id BIGINT, person_id BIGINT, note_date DATE, note_datetime TIMESTAMP,
+                   note_text VARCHAR);
+INSERT INTO note VALUES (1, 1, '2020-01-01', NULL, 'Optic neuritis.');
+CREATE TABLE observation (observation_id BIGINT, person_id BIGINT, observation_concept_id INTEGER,
+    observation_date DATE, observation_source_value VARCHAR, value_as_number DOUBLE);
+INSERT INTO observation VALUES (1, 1, 0, '2020-01-01', 'EDSS', 2.0),
+                               (2, 2, 0, '2020-03-01', 'EDSS', 3.5);
+"""
+
+
+def test_clinical_maps_omop_person_ids_to_subject_ids(tmp_path):
+    """OMOP person_id becomes person_source_value (the MRI subject id); without one, str(person_id)."""
+    import duckdb
+
+    from normfuse.config import parse_config
+    from normfuse.pipeline import _clinical
+
+    db = tmp_path / "ehr.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute(_OMOP_SQL)
+    con.close()
+    cfg = parse_config({"patients": {"subjects_dir": "s"}, "reference": {"tables": ["r.txt"]},
+                        "clinical": {"source": str(db)}}, base_dir=tmp_path)
+    clin = _clinical(cfg)
+    # person 1 has person_source_value 'sub-001'; person 2 has none and keeps '2'
+    assert clin["visits"]["patient_id"].tolist() == ["sub-001", "2"]
+    assert clin["visits"]["edss"].tolist() == [2.0, 3.5]
+    assert sorted(clin["events"]["patient_id"]) == ["2", "sub-001"]
+    assert clin["encounters"].set_index("encounter_id")["patient_id"].to_dict() == \
+        {10: "sub-001", 20: "2"}
+    assert clin["notes"]["patient_id"].tolist() == ["sub-001"]
+
+
+def test_pipeline_names_stay_importable_and_light():
+    """normfuse.pipeline re-exports its names from the private modules, and imports no heavy library."""
+    import subprocess
+    import sys
+
+    import normfuse.pipeline as p
+    from normfuse import _pipeline_run
+
+    for name in p.__all__:
+        assert hasattr(p, name), name
+    for obj in (p.PipelineResults, p.OutputFolderError, p.run_pipeline, p.read_volumes,
+                p.file_digest, p.demo_config):
+        assert obj.__module__ == "normfuse.pipeline", obj
+    # one stage table: patching normfuse.pipeline.STAGE_FUNCS patches the runner's
+    assert p.STAGE_FUNCS is _pipeline_run.STAGE_FUNCS
+    assert tuple(p.STAGE_FUNCS) == p.STAGES
+    code = ("import sys, normfuse.pipeline\n"
+            "print(','.join(m for m in ('torch', 'xgboost', 'matplotlib', 'pcntoolkit', 'duckdb',"
+            " 'nilearn', 'statsmodels', 'lifelines', 'sqlalchemy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

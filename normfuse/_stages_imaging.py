@@ -1,0 +1,132 @@
+"""Pipeline stages on brain volumes: collect (read volumes) and normative (fit, adapt, score).
+
+Private: the public names live in :mod:`normfuse.pipeline`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from normfuse._pipeline_common import _baseline, _need, _regions, log
+from normfuse._pipeline_inputs import read_volumes
+
+
+def stage_collect(cfg: Mapping, ctx: dict) -> dict:
+    """Read the patients', reference, local and matching controls' volumes."""
+    p = cfg["patients"]
+    src = p["subjects_dir"] or p["tables"]
+    if p["subjects_dir"]:
+        _need(p["subjects_dir"], "[patients] subjects_dir", folder=True)
+    out = {"volumes_patients": read_volumes(src, p["demographics"] or None, atlases=p["atlases"],
+                                            what="patients")}
+    for sec, name in (("reference", "volumes_reference"), ("adaptation", "volumes_adaptation"),
+                      ("controls", "volumes_controls")):
+        s = cfg[sec]
+        if s["tables"]:
+            out[name] = read_volumes(s["tables"], s["demographics"] or None, what=sec)
+    return {"tables": out}
+
+
+def stage_normative(cfg: Mapping, ctx: dict) -> dict:
+    """Fit (or load) the normative model, adapt it, score patients and controls."""
+    from normative.deviations import critical_deviations, expected_counts
+    from normative.metrics import z_calibration
+    from normative.model import NormativeModel
+
+    n = cfg["normative"]
+    seed = cfg["study"]["seed"]
+    t = ctx["tables"]
+    pat = t["volumes_patients"]
+    thr, tail = n["threshold"], n["tail"]
+    tables: dict[str, pd.DataFrame] = {}
+    held = None
+    if cfg["reference"]["model"]:
+        model = NormativeModel.load(_need(cfg["reference"]["model"], "[reference] model",
+                                          folder=True))
+        regions = list(model.responses_)
+    else:
+        ref = t["volumes_reference"]
+        excl = cfg["reference"]["exclude_sites"]
+        if excl:
+            keep = ~ref["site"].astype(str).isin(excl).to_numpy()
+            log.info("reference: %d controls at excluded sites %s left out of the fit",
+                     int((~keep).sum()), excl)
+            ref = ref.loc[keep]
+        regions = _regions(cfg, ref, pat)
+        frac = cfg["reference"]["holdout_fraction"]
+        rng = np.random.default_rng(seed)
+        is_held = rng.random(len(ref)) < frac
+        held, fit_on = ref.loc[is_held], ref.loc[~is_held]
+        model = NormativeModel(regions, likelihood=n["likelihood"], device=n["device"])
+        model.fit(fit_on)
+    adapt = t.get("volumes_adaptation")
+    used_local = pd.DataFrame()
+    if adapt is not None and len(adapt):
+        k = cfg["adaptation"]["n_per_site"]
+        used_local = adapt.groupby("site", sort=False).head(k) if k else adapt
+        model = model.adapt(used_local)
+        log.info("normative: adapted to sites %s with %d local controls",
+                 sorted(used_local["site"].astype(str).unique()), len(used_local))
+    dev_main = model.deviations(pat, threshold=thr, tail=tail)
+    dev_both = model.deviations(pat, threshold=thr, tail="both")
+    for d in (dev_main, dev_both):
+        if "scan_date" in pat.columns:
+            d["scan_date"] = pat["scan_date"].to_numpy()
+        for c in ("age", "sex", "site", "icv"):
+            d[c] = pat[c].to_numpy()
+    tables["deviations"] = dev_main
+    tables["deviations_both"] = dev_both
+    rows = []
+    z_held = None
+    if held is not None and len(held):
+        z_held = model.transform(held)
+        zc = z_held.to_numpy(dtype=float)
+        cal = pd.DataFrame({"z_mean": np.nanmean(zc, 0), "z_sd": np.nanstd(zc, 0, ddof=1),
+                            "frac_below": (zc < -thr).mean(0), "frac_above": (zc > thr).mean(0)},
+                           index=pd.Index(regions, name="region"))
+        pooled = z_calibration(zc, thr)
+        tables["normative_calibration"] = pd.concat(
+            [cal.reset_index(), pd.DataFrame([{"region": "(all regions pooled)",
+                                               "z_mean": pooled["z_mean"],
+                                               "z_sd": pooled["z_sd"]}])], ignore_index=True)
+        tables["normative_regions"] = model.score(held).rename_axis("region").reset_index()
+        cd = critical_deviations(z_held, thr, tail)
+        rows.append(("held-out reference controls", len(held), float(cd.counts["n_crit"].mean())))
+    exp = expected_counts(z_held, threshold=thr, tail=tail) if z_held is not None else \
+        expected_counts(n_regions=len(regions), threshold=thr, tail=tail)
+    ctrl = t.get("volumes_controls")
+    if ctrl is not None and len(ctrl):
+        if len(used_local):
+            used = set(zip(used_local["subject_id"].astype(str), used_local["site"].astype(str), strict=False))
+            mask = np.array([(a, b) not in used for a, b in
+                             zip(ctrl["subject_id"].astype(str), ctrl["site"].astype(str), strict=False)],
+                            dtype=bool)
+            log.info("controls: %d used for adaptation removed from the matching pool",
+                     int((~mask).sum()))
+            ctrl = ctrl.loc[mask]
+        dc = model.deviations(ctrl, threshold=thr, tail=tail)
+        for c in ("age", "sex", "site", "icv"):
+            dc[c] = ctrl[c].to_numpy()
+        tables["deviations_controls"] = dc
+        rows.append(("local controls (not in fit or adaptation)", len(dc),
+                     float(dc["n_crit"].mean())))
+    base = _baseline(dev_main)
+    rows.append(("patients, baseline scans", len(base), float(base["n_crit"].mean())))
+    cc = pd.DataFrame(rows, columns=["group", "n", "mean_n_crit"])
+    cc["expected_n_crit"] = float(exp["mean"].iloc[0])
+    cc["expected_ci_low"] = float(exp["ci_low"].iloc[0])
+    cc["expected_ci_high"] = float(exp["ci_high"].iloc[0])
+    cc["expected_source"] = str(exp["source"].iloc[0])
+    cc["tail"] = tail
+    cc["threshold"] = thr
+    tables["critical_counts"] = cc
+    key_regions = [r for r in ("Left-Thalamus", "Left-Hippocampus", "Left-Putamen",
+                               "Left-Lateral-Ventricle") if r in regions] or regions[:4]
+    report_inputs = {"model": model, "patients": pat.loc[base.index] if len(base) else pat,
+                     "responses": key_regions}
+    if held is not None and len(held):
+        report_inputs["held_out"] = held
+    return {"tables": tables, "normative_model": model, "models": {"normative": model},
+            "results": {"normative": report_inputs, "deviations": dev_main}}
