@@ -105,7 +105,8 @@ def endpoint(cohort: pd.DataFrame, name: str, followup: str | None = "followup",
     d = complete_cases(cohort, [tcol, ecol], who, missing)
     t, e, _ = check_survival(d, tcol, ecol, who)
     if followup and followup in d.columns:
-        fu = check_numeric(d, [followup], who, allow_nan=True)[:, 0]
+        # +inf is an open-ended follow-up (never before an event): let it through as before
+        fu = check_numeric(d, [followup], who, allow_nan=True, allow_inf=True)[:, 0]
         late = (e == 1) & (t > fu + 1e-9)
         if late.any():
             i = int(np.flatnonzero(late)[0])

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from features._util import dropped, to_naive_datetime
-from normfuse.checks import get_logger, require_columns, require_dataframe
+from normfuse.checks import check_numeric, get_logger, require_columns, require_dataframe
 from normfuse.contracts import DEVIATION_COUNTS, milestone_label
 from normfuse.errors import ColumnContractError, InputFormatError
 
@@ -77,16 +77,8 @@ def validate_visits(visits: pd.DataFrame, who: str = "validate_visits") -> pd.Da
     v = pd.DataFrame({"patient_id": visits["patient_id"].to_numpy(),
                       "visit_date": to_naive_datetime(visits["visit_date"], who, "visit_date").to_numpy()},
                      index=visits.index)
-    edss = pd.to_numeric(visits["edss"], errors="coerce")
-    bad_num = edss.isna() & visits["edss"].notna()
-    if bad_num.any():
-        i = int(np.flatnonzero(bad_num.to_numpy())[0])
-        raise ColumnContractError(
-            f"{who}: column 'edss' must be numeric; row {visits.index[i]!r} holds "
-            f"{visits['edss'].iloc[i]!r} ({int(bad_num.sum())} such rows). Clean it or set "
-            "those cells to NaN."
-        )
-    e = edss.to_numpy(dtype=np.float64, na_value=np.nan)
+    # non-numeric cells and +-inf raise naming the row; NaN (no EDSS at this visit) passes
+    e = check_numeric(visits, ["edss"], who, allow_nan=True)[:, 0]
     on_scale = np.isnan(e) | np.isin(np.round(e * 2) / 2, EDSS_STEPS) & (np.abs(e * 2 - np.round(e * 2)) < 1e-9)
     if not on_scale.all():
         i = int(np.flatnonzero(~on_scale)[0])

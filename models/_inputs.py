@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
+from normfuse.checks import check_finite
+
 __all__: list[str] = []
 
 
@@ -108,15 +110,9 @@ def _scores(p, n: int, who: str, arg: str = "y_score", like=None) -> tuple[np.nd
         )
     if not cols:
         raise ValueError(f"{who}: {arg} holds no predictor columns.")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        i, j = (int(v[0]) for v in np.nonzero(bad))
-        row = index[i] if index is not None else i
-        raise ValueError(
-            f"{who}: {arg} column {names[j]!r} holds {float(arr[i, j])!r} at row {row!r} "
-            f"({int(bad.sum())} missing or infinite scores). Every evaluated row needs a "
-            "finite score: impute or drop those rows (and their outcomes) first."
-        )
+    check_finite(arr, names, f"{who} ({arg})", index=index,
+                 hint="Every evaluated row needs a finite score: impute or drop those rows "
+                      "(and their outcomes) first.")
     return arr, names
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "auc_ap_rows",
     "logistic_newton",
     "tpr_at_fpr_rows",
+    "weighted_tpr_at_fpr_rows",
     "weighted_auc_rows",
 ]
 
@@ -96,6 +97,17 @@ def auc_rows(scores: np.ndarray, m: int) -> np.ndarray:
     return _auc_from_sorted(yy, end, m)
 
 
+def _tie_group_weights(scores, y, weights) -> tuple[np.ndarray, np.ndarray]:
+    """(B, U) summed positive and negative weights per distinct score, scores ascending."""
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(s, kind="stable")
+    s = s[order]
+    yy = np.asarray(y, dtype=np.float64)[order]
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return np.add.reduceat(w * yy, starts, axis=1), np.add.reduceat(w * (1.0 - yy), starts, axis=1)
+
+
 def weighted_auc_rows(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted Mann-Whitney AUC of one score vector under each row of case weights.
 
@@ -119,14 +131,7 @@ def weighted_auc_rows(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) ->
     sum is an exact integer in float64 (below 2**53), so the result equals the AUC of the
     data with each row repeated ``w`` times up to the final division's rounding.
     """
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(s, kind="stable")
-    s = s[order]
-    yy = np.asarray(y, dtype=np.float64)[order]
-    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    wp = np.add.reduceat(w * yy, starts, axis=1)
-    wn = np.add.reduceat(w * (1.0 - yy), starts, axis=1)
+    wp, wn = _tie_group_weights(scores, y, weights)
     below = np.cumsum(wn, axis=1) - wn
     num = (wp * (below + 0.5 * wn)).sum(axis=1)
     den = wp.sum(axis=1) * wn.sum(axis=1)
@@ -182,6 +187,45 @@ def tpr_at_fpr_rows(pos: np.ndarray, neg: np.ndarray, fpr: np.ndarray) -> np.nda
     above = (np.arange(1, b + 1) * m)[:, None] - idx
     out[:, inner] = above / m
     return out
+
+
+def weighted_tpr_at_fpr_rows(scores: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                             fpr: np.ndarray) -> np.ndarray:
+    """Empirical sensitivity at false-positive rates ``fpr`` under each row of case weights.
+
+    Parameters
+    ----------
+    scores, y, weights : (N,), (N,) and (B, N), as in :func:`weighted_auc_rows`.
+    fpr : (G,) false-positive rates in [0, 1].
+
+    Returns
+    -------
+    (B, G) the largest weighted true-positive rate reachable by a cut ``score >= t`` whose
+    weighted false-positive count is at most ``floor(fpr * W-)``; NaN where a replicate has
+    no positive weight. With integer weights this equals :func:`tpr_at_fpr_rows` on the
+    data with each row repeated ``w`` times, to the last bit.
+
+    Notes
+    -----
+    One sort of ``scores`` serves every replicate: per tie group the weights
+    of positives and negatives are summed (``np.add.reduceat``) and accumulated, so
+    ``fp[b, g]`` / ``tp[b, g]`` are the weighted counts called by the cut at group ``g``.
+    The last cut with ``fp <= k`` is found for all rows at once by one ``searchsorted``
+    over the rows laid end to end in disjoint bands.
+    """
+    gp, gn = _tie_group_weights(scores, y, weights)
+    b = gp.shape[0]
+    zero = np.zeros((b, 1))  # the empty cut; then groups from the highest score down
+    tp = np.concatenate([zero, np.cumsum(gp[:, ::-1], axis=1)], axis=1)
+    fp = np.concatenate([zero, np.cumsum(gn[:, ::-1], axis=1)], axis=1)
+    wp, wn = tp[:, -1], fp[:, -1]
+    k = np.floor(np.asarray(fpr, dtype=np.float64)[None, :] * wn[:, None] + 1e-9)
+    span = float(wn.max()) + 1.0  # fp and k of row r lie in [r * span, r * span + wn_r]
+    offs = (np.arange(b) * span)[:, None]
+    idx = np.searchsorted((fp + offs).ravel(), (k + offs).ravel(), side="right").reshape(k.shape)
+    last = idx - 1 - (np.arange(b) * fp.shape[1])[:, None]  # >= 0: the empty cut has fp = 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.take_along_axis(tp, last, axis=1) / np.where(wp > 0, wp, np.nan)[:, None]
 
 
 def logistic_newton(

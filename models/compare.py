@@ -63,8 +63,9 @@ Limits: every interval treats the out-of-fold predictions as fixed, so none incl
 the variability of refitting the models; DeLong (``ci="delong"``) also assumes
 independent rows (one index row per patient, ``build_index_visits(rule="first")``),
 while the cluster bootstrap assumes independent patients, and its percentile interval
-needs enough patients per class (a few dozen) to be trusted. The ROC band of
-:meth:`ComparisonResult.roc` still resamples rows, not patients.
+needs enough patients per class (a few dozen) to be trusted. The sensitivity band of
+:meth:`ComparisonResult.roc` follows ``ci_method``: it resamples patients under the
+cluster bootstrap and rows under DeLong.
 
 Bad input
 ---------
@@ -167,7 +168,8 @@ class ComparisonResult(ResultMixin):
     conf_level : float
     n_splits, n_repeats : int
     n_boot : int
-        Bootstrap replicates of the ROC sensitivity band in :meth:`roc`.
+        Bootstrap replicates of the ROC sensitivity band in :meth:`roc` (patients are
+        resampled when ``settings["ci_method"] == "cluster_bootstrap"``).
     settings : dict
     """
 
@@ -223,13 +225,21 @@ class ComparisonResult(ResultMixin):
     def roc(self, model: str | None = None, repeat: int = 0):
         """ROC curve of one model's pooled out-of-fold predictions of ``repeat``.
 
-        Returns :func:`models.evaluate.roc_curve`'s result (DeLong AUC CI, bootstrap band
-        with ``n_boot`` replicates). ``model`` defaults to the baseline.
+        Returns :func:`models.evaluate.roc_curve`'s result: the DeLong AUC CI and a
+        pointwise sensitivity band from ``n_boot`` bootstrap replicates (seed 0). When the
+        comparison used the patient-cluster bootstrap (``ci_method ==
+        "cluster_bootstrap"``, e.g. several index visits per patient) the band resamples
+        *patients*, stratified by whether the patient has an event, so it is as wide as
+        the patient-level uncertainty; otherwise it resamples rows. With one row per
+        patient both give the same band. ``model`` defaults to the baseline.
         """
         model = self.baseline if model is None else model
         o = self._oof(model, repeat)
+        clusters = None
+        if self.settings.get("ci_method") == "cluster_bootstrap" and "patient_id" in o.columns:
+            clusters = o["patient_id"].to_numpy()
         return _roc_curve(o["y"].to_numpy(np.int8), pd.Series(o["p"].to_numpy(), name=model),
-                          n_boot=self.n_boot, conf_level=self.conf_level)
+                          n_boot=self.n_boot, conf_level=self.conf_level, clusters=clusters)
 
     def calibration(self, model: str | None = None, repeat: int = 0, n_bins: int = 10):
         """Calibration (slope, intercept, binned curve) of one model's pooled predictions."""

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from normfuse.checks import get_logger
+from normfuse.checks import check_numeric, get_logger
 from normfuse.contracts import MODALITY_PREFIXES
 from normfuse.errors import ColumnContractError
 
@@ -36,26 +36,8 @@ def _check_table(table: pd.DataFrame, who: str) -> dict[str, list[str]]:
             "Build the analysis table with features.cohort.build_cohort_table, or rename feature "
             "columns with their modality prefix (e.g. 'dev__Left-Hippocampus')."
         )
-    for c in feats:
-        col = table[c]
-        num = pd.to_numeric(col, errors="coerce")
-        bad = (num.isna() & col.notna()).to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ColumnContractError(
-                f"{who}: feature column {c!r} must be numeric; row {table.index[i]!r} holds "
-                f"{col.iloc[i]!r} ({int(bad.sum())} non-numeric cells). Encode it (e.g. 0/1 for sex) "
-                "or convert with pd.to_numeric(..., errors='coerce') to treat them as missing."
-            )
-        v = num.to_numpy(dtype=np.float64, na_value=np.nan)
-        inf = np.isinf(v)
-        if inf.any():
-            i = int(np.flatnonzero(inf)[0])
-            raise ColumnContractError(
-                f"{who}: feature column {c!r} holds {float(v[i])!r} at row {table.index[i]!r} "
-                f"({int(inf.sum())} infinite cells). Infinities are not missing values: fix the "
-                "feature (e.g. a ratio divided by 0), clip it, or set those cells to NaN."
-            )
+    # non-numeric cells and +-inf raise naming column, row and value; NaN is handled downstream
+    check_numeric(table, feats, who, allow_nan=True)
     return cols
 
 

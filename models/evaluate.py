@@ -449,7 +449,8 @@ class RocCurveResult(ResultMixin):
     ----------
     fpr, tpr, thresholds : the curve (a case is called when score >= threshold);
     auc, auc_ci : AUC and its DeLong CI; band_fpr, band_low, band_high : sensitivity CI at
-    fixed false-positive rates (pROC ``ci.se``), from a stratified bootstrap.
+    fixed false-positive rates (pROC ``ci.se``), from a stratified bootstrap of rows, or of
+    clusters (patients) when :func:`roc_curve` was given ``clusters``.
     """
 
     fpr: np.ndarray
@@ -480,9 +481,26 @@ class RocCurveResult(ResultMixin):
 
 def roc_curve(
     y_true, y_score, *, n_boot: int = 500, conf_level: float = 0.95,
-    random_state: int | None = 0, grid: int = 101,
+    random_state: int | None = 0, grid: int = 101, clusters=None,
 ) -> RocCurveResult:
     """ROC curve with a DeLong AUC CI and a stratified-bootstrap band of sensitivity.
+
+    The band is pointwise at ``grid`` false-positive rates (pROC's ``ci.se``): each of
+    ``n_boot`` replicates resamples the positives and the negatives with replacement
+    (blocks of ``BOOT_BLOCK`` replicates at a time, seeded by ``random_state``).
+
+    Parameters
+    ----------
+    y_true, y_score : outcomes (0/1) and one score per row.
+    n_boot, conf_level, random_state, grid : replicates, level, seed and band grid size.
+    clusters : array-like of shape (n,), optional
+        Cluster (patient) id of every row, for data with several rows per patient. The
+        band then resamples *clusters* with replacement, stratified by whether the
+        cluster has any event; a cluster drawn ``m`` times weighs its rows ``m`` times
+        (:func:`models._kernels.weighted_tpr_at_fpr_rows`). Clusters are indexed in
+        order of their lowest score, so with one row per cluster the draws, and the
+        band, are exactly those of the row bootstrap for the same ``random_state``.
+        The AUC CI stays DeLong's (rows independent).
 
     Examples
     --------
@@ -505,19 +523,65 @@ def roc_curve(
     ci = (max(0.0, float(auc[0]) - zc * se), min(1.0, float(auc[0]) + zc * se))
     gfpr = np.linspace(0, 1, grid)
     rng = np.random.default_rng(random_state)
-    blocks = []
-    for start in range(0, int(n_boot), BOOT_BLOCK):  # blocks of replicates, not rows
-        b = min(BOOT_BLOCK, int(n_boot) - start)
-        bp = pos[rng.integers(0, m, size=(b, m))]
-        bn = neg[rng.integers(0, n, size=(b, n))]
-        blocks.append(K.tpr_at_fpr_rows(bp, bn, gfpr))
-    band = np.concatenate(blocks)
     a = (1 - conf_level) / 2
-    lo, hi = np.quantile(band, [a, 1 - a], axis=0)
+    if clusters is None:
+        blocks = []
+        for start in range(0, int(n_boot), BOOT_BLOCK):  # blocks of replicates, not rows
+            b = min(BOOT_BLOCK, int(n_boot) - start)
+            bp = pos[rng.integers(0, m, size=(b, m))]
+            bn = neg[rng.integers(0, n, size=(b, n))]
+            blocks.append(K.tpr_at_fpr_rows(bp, bn, gfpr))
+        lo, hi = np.quantile(np.concatenate(blocks), [a, 1 - a], axis=0)
+    else:
+        band = _cluster_tpr_band(x, y, _cluster_codes(clusters, y.size, "roc_curve"), int(n_boot),
+                                 gfpr, rng)
+        lo, hi = np.nanquantile(band, [a, 1 - a], axis=0)
     return RocCurveResult(_ro(fpr), _ro(tpr), _ro(thr), float(auc[0]), ci, _ro(gfpr),
                           _ro(lo), _ro(hi), conf_level, names[0])
 
 
+
+
+def _cluster_codes(clusters, n: int, who: str) -> np.ndarray:
+    """Integer codes 0..P-1 of the cluster ids (one per row), refusing missing ids."""
+    ids = clusters.to_numpy() if isinstance(clusters, (pd.Series, pd.Index)) else np.asarray(clusters)
+    if ids.ndim != 1 or ids.size != n:
+        raise ValueError(f"{who}: clusters must hold one id per row ({n}), got shape {ids.shape}.")
+    codes, _ = pd.factorize(ids, use_na_sentinel=True)
+    if (codes < 0).any():
+        i = int(np.flatnonzero(codes < 0)[0])
+        raise ValueError(f"{who}: clusters holds a missing id at position {i} "
+                         f"({int((codes < 0).sum())} missing). Every row needs its patient id.")
+    return codes
+
+
+def _cluster_tpr_band(x: np.ndarray, y: np.ndarray, codes: np.ndarray, n_boot: int,
+                      gfpr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, G) sensitivities of a cluster bootstrap stratified by "cluster has an event".
+
+    Per block of ``BOOT_BLOCK`` replicates the event clusters are drawn, then the others
+    (the row bootstrap's order: positives, then negatives); clusters are indexed by their
+    lowest score (stable), so singleton clusters reproduce the row bootstrap's draws.
+    """
+    n_cl = int(codes.max()) + 1
+    order = np.argsort(x, kind="stable")
+    _, first = np.unique(codes[order], return_index=True)  # first[c]: rank of c's lowest score
+    by_score = np.argsort(first, kind="stable")
+    has_event = np.zeros(n_cl, dtype=bool)
+    has_event[codes[y == 1]] = True
+    strata = [by_score[has_event[by_score]], by_score[~has_event[by_score]]]
+    blocks = []
+    for start in range(0, n_boot, BOOT_BLOCK):
+        b = min(BOOT_BLOCK, n_boot - start)
+        offs = (np.arange(b) * n_cl)[:, None]
+        counts = np.zeros(b * n_cl, dtype=np.int64)
+        for members in strata:
+            if members.size:
+                drawn = members[rng.integers(0, members.size, size=(b, members.size))]
+                counts += np.bincount((offs + drawn).ravel(), minlength=b * n_cl)
+        w = counts.reshape(b, n_cl)[:, codes]
+        blocks.append(K.weighted_tpr_at_fpr_rows(x, y, w, gfpr))
+    return np.concatenate(blocks)
 
 
 # --------------------------------------------------------------------------- one call

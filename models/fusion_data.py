@@ -161,14 +161,9 @@ class FusionData:
             cols = self._names(names_in, m, x.shape[1])
             nan = np.isnan(x)
             absent = nan.all(axis=1)
-            inf = np.isinf(x)
-            if inf.any():
-                i, j = (int(v[0]) for v in np.nonzero(inf))
-                raise ColumnContractError(
-                    f"{who}: modality {m!r}, column {cols[j]!r} holds {float(x[i, j])!r} for patient "
-                    f"{_py(pid[i])!r} ({int(inf.sum())} infinite cells). Replace infinities "
-                    "(e.g. clip) or set the row to NaN to mark the modality absent."
-                )
+            checks.check_no_inf(x, cols, f"{who} (modality {m!r})", pid, at="for patient {!r}",
+                                hint="Replace infinities (e.g. clip) or set the row to NaN to "
+                                     "mark the modality absent.")
             partial = nan & ~absent[:, None]
             if partial.any():
                 if self.impute == "raise":
@@ -207,14 +202,11 @@ class FusionData:
             else:
                 rm = ~np.isnan(x).all(axis=2)
             observed = np.broadcast_to(rm[:, :, None], x.shape)
-            bad = ~np.isfinite(x) & observed
-            inf = np.isinf(x) & observed
-            if inf.any():
-                i, t, j = (int(v[0]) for v in np.nonzero(inf))
-                raise ColumnContractError(
-                    f"{who}: modality {m!r}, variable {cols[j]!r} holds {float(x[i, t, j])!r} for patient "
-                    f"{_py(pid[i])!r} at time row {t} ({int(inf.sum())} infinite cells in observed rows)."
-                )
+            checks.check_no_inf(x, cols, f"{who} (modality {m!r})", pid, mask=observed,
+                                at="for patient {!r} at time row {}",
+                                hint="Replace infinities in observed rows (e.g. clip), or set "
+                                     "the row mask False for those rows.")
+            bad = np.isnan(x) & observed
             if bad.any():
                 if self.impute == "raise":
                     i, t, j = (int(v[0]) for v in np.nonzero(bad))

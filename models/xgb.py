@@ -341,15 +341,6 @@ class XGBClassifierModel(ClassifierMixin, BaseEstimator):
     def _matrix(self, table: pd.DataFrame, features: Sequence[str], who: str) -> np.ndarray:
         """Features as float32 with NaN kept (XGBoost's missing value); inf is an error."""
         x = check_numeric(table, list(features), who, allow_nan=True)
-        inf = np.isinf(x)
-        if inf.any():
-            i, j = (int(v[0]) for v in np.nonzero(inf))
-            raise ColumnContractError(
-                f"{who}: column {features[j]!r} holds {float(x[i, j])!r} at row {table.index[i]!r} "
-                f"({int(inf.sum())} infinite cells in total). Missing values (NaN) are allowed "
-                "and handled by XGBoost; infinities are not: replace them, e.g. "
-                "df.replace([np.inf, -np.inf], np.nan)."
-            )
         return x.astype(np.float32)
 
     def _xgb_params(self, device: str, spw: float) -> dict:

@@ -21,6 +21,7 @@ __all__ = [
     "check_is_fitted",
     "check_numeric",
     "check_finite",
+    "check_no_inf",
     "optional_import",
     "log_dropped",
     "get_logger",
@@ -98,11 +99,35 @@ def check_is_fitted(estimator: Any, attributes: Sequence[str] | None = None) -> 
         )
 
 
-def check_numeric(df, columns: Sequence[str], who: str, *, allow_nan: bool = False) -> np.ndarray:
+def check_numeric(
+    df, columns: Sequence[str], who: str, *, allow_nan: bool = False, allow_inf: bool = False
+) -> np.ndarray:
     """Return ``df[columns]`` as float64, naming the first bad cell if any is not numeric.
 
-    Non-numeric strings raise (naming column, row label and value); NaN/inf raise
-    unless ``allow_nan``.
+    Parameters
+    ----------
+    df : DataFrame
+        The table; it is not modified.
+    columns : sequence of str
+        The columns to convert, in the order of the returned matrix's columns.
+    who : str
+        The caller, named first in every message.
+    allow_nan : bool, default False
+        Let missing cells through as NaN (e.g. XGBoost features, responses with gaps).
+    allow_inf : bool, default False
+        Let +inf and -inf through. Independent of ``allow_nan``: with ``allow_nan=True``
+        alone, NaN passes and infinities still raise.
+
+    Returns
+    -------
+    ndarray of shape (len(df), len(columns)), float64
+        Rows in the order of ``df``.
+
+    Raises
+    ------
+    ColumnContractError
+        A non-numeric string (naming column, row label and value), or a NaN / infinite
+        cell not allowed by ``allow_nan`` / ``allow_inf`` (naming column, row and value).
     """
     import pandas as pd
 
@@ -114,29 +139,94 @@ def check_numeric(df, columns: Sequence[str], who: str, *, allow_nan: bool = Fal
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise ColumnContractError(
-                f"{who}: column {c!r} must be numeric; row {df.index[i]!r} holds "
-                f"{col.iloc[i]!r} ({int(bad.sum())} non-numeric cells in this column). "
-                "Clean or convert the column, e.g. pd.to_numeric(df[col], errors='coerce') "
-                "to treat them as missing."
+                f"{who}: column {c!r} must be numeric; row {_label(df.index, i)!r} holds "
+                f"{_label(col, i)!r} ({int(bad.sum())} non-numeric cells in this column). "
+                "Encode categories as numbers (e.g. 0/1 for sex), or convert with "
+                "pd.to_numeric(df[col], errors='coerce') to treat them as missing."
             )
         out[:, j] = num.to_numpy(dtype=np.float64, na_value=np.nan)
-    if not allow_nan:
+    if not allow_nan and not allow_inf:
         check_finite(out, list(columns), who, index=df.index)
+    elif not allow_inf:
+        check_no_inf(out, list(columns), who, index=df.index)
+    elif not allow_nan:
+        bad = np.isnan(out)
+        if bad.any():
+            _raise_first(bad, out, list(columns), who, df.index, "at row {!r}", "missing",
+                         "Drop or impute those rows before calling.")
     return out
 
 
-def check_finite(x: np.ndarray, columns: Sequence[str], who: str, index=None) -> None:
-    """Raise naming the first row/column holding NaN or infinity in the 2-D array ``x``."""
+def check_finite(x: np.ndarray, columns: Sequence[str], who: str, index=None, *,
+                 hint: str | None = None) -> None:
+    """Raise naming the first row/column holding NaN or infinity in the 2-D array ``x``.
+
+    ``index`` labels the rows (positions when None); ``hint`` replaces the default
+    advice at the end of the message.
+    """
     x = np.asarray(x)
     bad = ~np.isfinite(x)
     if bad.any():
-        i, j = (int(v[0]) for v in np.nonzero(bad))
-        row = index[i] if index is not None else i
-        raise ColumnContractError(
-            f"{who}: column {columns[j]!r} holds {x[i, j]!r} at row {row!r} "
-            f"({int(bad.sum())} missing or infinite cells in total). "
-            "Drop or impute those rows before calling."
+        _raise_first(bad, x, columns, who, index, "at row {!r}", "missing or infinite",
+                     hint or "Drop or impute those rows before calling.")
+
+
+def check_no_inf(x: np.ndarray, columns: Sequence[str], who: str, index=None, *,
+                 mask: np.ndarray | None = None, at: str = "at row {!r}",
+                 hint: str | None = None) -> None:
+    """Raise naming the first cell of ``x`` holding +inf or -inf; NaN passes.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, ..., k)
+        Rows first, the ``k`` named columns last (e.g. (n, T, v) sequences).
+    columns : sequence of str
+        Names of the last axis.
+    who : str
+        The caller, named first in the message.
+    index : sequence, optional
+        Labels of the rows (first axis); positions when None.
+    mask : ndarray of bool, optional
+        Broadcastable to ``x``: only cells where it is True are checked.
+    at : str, default ``"at row {!r}"``
+        How the location reads; formatted with the row label and then the positions
+        along the middle axes, e.g. ``"for patient {!r} at time row {}"``.
+    hint : str, optional
+        Replaces the default advice at the end of the message.
+
+    Raises
+    ------
+    ColumnContractError
+        Naming the column, the location, the value and the number of infinite cells.
+    """
+    x = np.asarray(x)
+    bad = np.isinf(x)
+    if mask is not None:
+        bad &= mask
+    if bad.any():
+        _raise_first(
+            bad, x, columns, who, index, at, "infinite",
+            hint or ("Missing values (NaN) are allowed here, infinities are not: replace them, "
+                     "e.g. df.replace([np.inf, -np.inf], np.nan) to treat them as missing, or "
+                     "fix what produced them (a ratio divided by 0, a log of 0)."),
         )
+
+
+def _label(labels, i: int):
+    """``labels[i]`` (positional) as a plain Python value, for readable messages."""
+    if labels is None:
+        return i
+    v = labels.iloc[i] if hasattr(labels, "iloc") else labels[i]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _raise_first(bad, x, columns, who, index, at, what, hint):
+    first = tuple(int(v[0]) for v in np.nonzero(bad))
+    loc = at.format(_label(index, first[0]), *first[1:-1])
+    raise ColumnContractError(
+        f"{who}: column {columns[first[-1]]!r} holds {float(x[first])!r} {loc} "
+        f"({int(bad.sum())} {what} cells in total). {hint}"
+    )
 
 
 def optional_import(module: str, extra: str, feature: str):

@@ -203,6 +203,8 @@ def test_endpoint_extraction_and_event_after_censoring():
         endpoint(bad, "cdp")
     with pytest.raises(ColumnContractError, match=r"Missing: \['time_relapse'"):
         endpoint(c, "relapse")
+    open_ended = c.assign(followup=[np.inf, 2.5, 4.0])  # +inf follow-up (allow_inf=True) passes
+    assert list(endpoint(open_ended.iloc[:2], "cdp")["event"]) == [1.0, 0.0]
 
 
 def test_cox_strata_matches_lifelines(lung):

@@ -184,7 +184,10 @@ def test_visit_validation_messages():
     with pytest.raises(ColumnContractError, match=r"EDSS 0.5 at row 1 is not on the EDSS scale"):
         build_index_visits(bad)
     bad = v.assign(edss=v["edss"].astype(object).where(v.index != 2, "worse"))
-    with pytest.raises(ColumnContractError, match="'worse'"):
+    with pytest.raises(ColumnContractError, match=r"column 'edss' must be numeric; row 2 holds 'worse'"):
+        build_index_visits(bad)
+    bad = v.assign(edss=v["edss"].where(v.index != 3, -np.inf))
+    with pytest.raises(ColumnContractError, match=r"column 'edss' holds -inf at row 3"):
         build_index_visits(bad)
     dup = pd.concat([v, v.iloc[[0]].assign(edss=3.0)], ignore_index=True)
     with pytest.raises(ColumnContractError, match=r"patient 'A' has different EDSS values \[2.0, 3.0\]"):

@@ -502,3 +502,35 @@ def test_delong_permutation_and_monotone_invariance(seed, n):
     assert_allclose(rt.cov, r.cov, rtol=1e-9, atol=1e-15)
     # flipping the outcome mirrors the AUC
     assert_allclose(delong(1 - y, s).auc, 1 - r.auc, rtol=1e-12, atol=1e-15)
+
+
+def test_weighted_tpr_at_fpr_equals_repeated_rows(rng):
+    """Weighted sensitivity at FPR with integer weights equals tpr_at_fpr_rows on the repeated data."""
+    n = 60
+    y = rng.integers(0, 2, n)
+    s = np.round(rng.normal(size=n) + y, 1)  # ties within and across classes
+    w = rng.integers(0, 4, size=(25, n)).astype(float)
+    w[:, np.flatnonzero(y == 1)[0]] += 1  # at least one positive and one negative per row
+    w[:, np.flatnonzero(y == 0)[0]] += 1
+    grid = np.linspace(0, 1, 41)
+    got = K.weighted_tpr_at_fpr_rows(s, y, w, grid)
+    for b in range(w.shape[0]):  # slow reference: materialise each replicate's rows
+        rep = np.repeat(np.arange(n), w[b].astype(int))
+        want = K.tpr_at_fpr_rows(s[rep][y[rep] == 1][None, :], s[rep][y[rep] == 0][None, :], grid)
+        np.testing.assert_array_equal(got[b], want[0])
+
+
+def test_roc_band_singleton_clusters_equal_row_bootstrap(rng):
+    """With one row per cluster the cluster band equals the row band bit for bit (same seed)."""
+    n = 120
+    y = rng.integers(0, 2, n)
+    s = np.round(rng.normal(size=n) + y, 1)
+    rows = roc_curve(y, s, n_boot=230, random_state=5)
+    ids = np.array([f"p{i}" for i in rng.permutation(n)])
+    cl = roc_curve(y, s, n_boot=230, random_state=5, clusters=ids)
+    np.testing.assert_array_equal(cl.band_low, rows.band_low)
+    np.testing.assert_array_equal(cl.band_high, rows.band_high)
+    other = roc_curve(y, s, n_boot=230, random_state=6, clusters=ids)
+    assert not np.array_equal(other.band_low, rows.band_low)  # the seed matters
+    with pytest.raises(ValueError, match="missing id at position 3"):
+        roc_curve(y, s, n_boot=100, clusters=np.where(np.arange(n) == 3, None, ids))

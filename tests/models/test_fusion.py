@@ -372,6 +372,19 @@ def test_fusiondata_sequences_and_drops():
                    sequences={"lab": seq}, row_masks={"lab": mask})
 
 
+def test_fusiondata_sequence_inf_refused_in_observed_rows_only():
+    """-inf in an observed sequence row names modality, variable, patient and time row; padded rows pass."""
+    seq = np.zeros((2, 3, 2))
+    mask = np.array([[1, 1, 0], [1, 0, 0]], dtype=bool)
+    seq[0, 2, 0] = np.inf  # padded row: ignored, then zeroed
+    d = FusionData(patient_id=np.array(["a", "b"]), sequences={"lab": seq}, row_masks={"lab": mask})
+    assert d.sequences["lab"][0, 2, 0] == 0.0 and np.isinf(seq[0, 2, 0])
+    seq[1, 0, 1] = -np.inf
+    with pytest.raises(ColumnContractError,
+                       match=r"modality 'lab'\): column 'lab_1' holds -inf for patient 'b' at time row 0"):
+        FusionData(patient_id=np.array(["a", "b"]), sequences={"lab": seq}, row_masks={"lab": mask})
+
+
 def test_from_frames_aligns_and_validates():
     """Prefixed columns become modalities; sequence ids are aligned; mismatched ids raise."""
     rng = np.random.default_rng(2)
