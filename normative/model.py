@@ -306,10 +306,7 @@ class NormativeModel:
 
     def _responses_matrix(self, df, who, allow_missing_cols=False):
         checks.check_columns_match(self.responses_, list(df.columns), who)
-        Y = checks.check_numeric(df, self.responses_, who, allow_nan=True)
-        if np.isinf(Y).any():
-            i, j = (int(v[0]) for v in np.nonzero(np.isinf(Y)))
-            raise ColumnContractError(f"{who}: column {self.responses_[j]!r} holds inf at row {df.index[i]!r}.")
+        Y = checks.check_numeric(df, self.responses_, who, allow_nan=True)   # inf is refused
         return Y
 
     def _resolve_log_mask(self, Y, index, who, strict=True):

@@ -201,7 +201,7 @@ def test_unknown_site_points_to_adapt(fitted, sim):
 
 
 def test_bad_input_messages(fitted, sim):
-    """Missing columns, bad sex codes and mismatched responses raise clear errors."""
+    """Missing columns, bad sex codes, mismatched responses and infinities raise clear errors."""
     with pytest.raises(ColumnContractError, match=r"Missing: \['icv'\]"):
         fitted.transform(sim[1].drop(columns="icv"))
     with pytest.raises(ColumnContractError, match="'F' or 'M'"):
@@ -212,6 +212,13 @@ def test_bad_input_messages(fitted, sim):
         fitted.transform(sim[1].iloc[:2].assign(age=["old", 40]))
     with pytest.raises(ValueError, match="likelihood"):
         NormativeModel(REGIONS, likelihood="t").fit(sim[0])
+    # infinities are refused (not treated as missing) in the fit data and at transform
+    ref = sim[0].copy()
+    ref.loc[ref.index[5], "Right-Thalamus"] = np.inf
+    with pytest.raises(ColumnContractError, match=r"'Right-Thalamus' holds inf at row 5"):
+        NormativeModel(REGIONS).fit(ref)
+    with pytest.raises(ColumnContractError, match=r"'Right-Thalamus' holds inf at row 5"):
+        fitted.transform(ref.iloc[:10])
 
 
 def test_volume_kinds_not_mixed(sim, fitted):

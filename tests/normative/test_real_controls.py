@@ -116,7 +116,7 @@ def test_native_and_pcntoolkit_agree(split, native):
         st = run_pcn_benchmark(train, test, regions)
     zn = native.transform(test).to_numpy()
     corr = np.array([np.corrcoef(zn[:, j], pw["z"][:, j])[0, 1] for j in range(len(regions))])
-    assert corr.min() >= 0.98, dict(zip(regions, corr.round(4)))
+    assert corr.min() >= 0.98, dict(zip(regions, corr.round(4), strict=True))
     # the converged fit is the better fit of pcntoolkit's own model: higher training
     # log-likelihood (mean over regions; measured +0.05 nats per value, +0.11 in the
     # left hippocampus) and no region worse beyond optimiser tolerance
