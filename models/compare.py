@@ -63,9 +63,10 @@ Limits: every interval treats the out-of-fold predictions as fixed, so none incl
 the variability of refitting the models; DeLong (``ci="delong"``) also assumes
 independent rows (one index row per patient, ``build_index_visits(rule="first")``),
 while the cluster bootstrap assumes independent patients, and its percentile interval
-needs enough patients per class (a few dozen) to be trusted. The sensitivity band of
-:meth:`ComparisonResult.roc` follows ``ci_method``: it resamples patients under the
-cluster bootstrap and rows under DeLong.
+needs enough patients per class (a few dozen) to be trusted. :meth:`ComparisonResult.roc`
+follows ``ci_method``: under the cluster bootstrap its sensitivity band and its AUC CI come
+from the same patient replicates as ``summary()`` (equal CIs when ``n_repeats=1``); under
+DeLong the band resamples rows and the AUC CI is DeLong's.
 
 Bad input
 ---------
@@ -108,6 +109,7 @@ from models.compare_inputs import (
     _sequences,
     simulate_comparison_table,
 )
+from models.evaluate import _cluster_counts
 from models.evaluate import calibration as _calibration
 from models.evaluate import decision_curve as _decision_curve
 from models.evaluate import delong as _delong
@@ -169,7 +171,8 @@ class ComparisonResult(ResultMixin):
     n_splits, n_repeats : int
     n_boot : int
         Bootstrap replicates of the ROC sensitivity band in :meth:`roc` (patients are
-        resampled when ``settings["ci_method"] == "cluster_bootstrap"``).
+        resampled when ``settings["ci_method"] == "cluster_bootstrap"``, and then the ROC's
+        AUC CI comes from the same replicates).
     settings : dict
     """
 
@@ -225,21 +228,31 @@ class ComparisonResult(ResultMixin):
     def roc(self, model: str | None = None, repeat: int = 0):
         """ROC curve of one model's pooled out-of-fold predictions of ``repeat``.
 
-        Returns :func:`models.evaluate.roc_curve`'s result: the DeLong AUC CI and a
-        pointwise sensitivity band from ``n_boot`` bootstrap replicates (seed 0). When the
-        comparison used the patient-cluster bootstrap (``ci_method ==
-        "cluster_bootstrap"``, e.g. several index visits per patient) the band resamples
-        *patients*, stratified by whether the patient has an event, so it is as wide as
-        the patient-level uncertainty; otherwise it resamples rows. With one row per
-        patient both give the same band. ``model`` defaults to the baseline.
+        Returns :func:`models.evaluate.roc_curve`'s result: an AUC CI and a pointwise
+        sensitivity band from ``n_boot`` bootstrap replicates. ``model`` defaults to the
+        baseline.
+
+        Under DeLong (``settings["ci_method"] == "delong"``) the band resamples rows
+        (seed 0) and ``auc_ci`` is DeLong's. Under the patient-cluster bootstrap
+        (``ci_method == "cluster_bootstrap"``, e.g. several index visits per patient) the
+        band resamples *patients*, stratified by whether the patient has an event, with
+        the very replicates :func:`compare_models` drew (seed ``random_state``, ``n_boot``),
+        and ``auc_ci`` is the percentile interval of the AUROC over them
+        (``auc_ci_method == "cluster_bootstrap"``). With ``n_repeats == 1`` it therefore
+        equals ``summary()``'s ``auroc_ci_low``/``auroc_ci_high``; with several repeats
+        ``summary()`` takes the percentiles of the replicates averaged over repeats, so the
+        interval of one repeat differs slightly. With one row per patient the band and
+        ``auc_ci`` are the row bootstrap's and DeLong's whatever ``ci_method`` says.
         """
         model = self.baseline if model is None else model
         o = self._oof(model, repeat)
-        clusters = None
-        if self.settings.get("ci_method") == "cluster_bootstrap" and "patient_id" in o.columns:
-            clusters = o["patient_id"].to_numpy()
+        clusters, seed = None, 0
+        if (self.settings.get("ci_method") == "cluster_bootstrap" and "patient_id" in o.columns
+                and o["patient_id"].duplicated().any()):
+            clusters, seed = o["patient_id"].to_numpy(), int(self.settings.get("random_state", 0))
         return _roc_curve(o["y"].to_numpy(np.int8), pd.Series(o["p"].to_numpy(), name=model),
-                          n_boot=self.n_boot, conf_level=self.conf_level, clusters=clusters)
+                          n_boot=self.n_boot, conf_level=self.conf_level, random_state=seed,
+                          clusters=clusters)
 
     def calibration(self, model: str | None = None, repeat: int = 0, n_bins: int = 10):
         """Calibration (slope, intercept, binned curve) of one model's pooled predictions."""
@@ -750,22 +763,11 @@ def _run_hook(fn, tr: pd.DataFrame, te: pd.DataFrame, who: str, r: int, k: int):
 def _cluster_weights(pid: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Row weights (n_boot, N) of a patient bootstrap stratified by "patient has any event".
 
-    Within each stratum its ``P_s`` patients are drawn ``P_s`` times with replacement; a
-    row's weight is how often its patient was drawn. Both classes therefore stay present
-    in every replicate (a patient with an event contributes a positive row).
+    A row's weight is how often its patient was drawn (:func:`models.evaluate._cluster_counts`,
+    the routine :meth:`ComparisonResult.roc` uses too, so both see the same replicates).
     """
-    codes, uniq = pd.factorize(pid)
-    n_pat = uniq.size
-    has_event = np.zeros(n_pat, dtype=bool)
-    has_event[codes[y == 1]] = True
-    counts = np.zeros((n_boot, n_pat), dtype=np.int64)
-    offset = (np.arange(n_boot) * n_pat)[:, None]
-    for stratum in (True, False):
-        members = np.flatnonzero(has_event == stratum)
-        if members.size:
-            idx = members[rng.integers(0, members.size, size=(n_boot, members.size))]
-            counts += np.bincount((offset + idx).ravel(), minlength=n_boot * n_pat).reshape(n_boot, n_pat)
-    return counts[:, codes].astype(np.float64)
+    codes, _ = pd.factorize(pid)
+    return _cluster_counts(codes, y, n_boot, rng)[:, codes].astype(np.float64)
 
 
 def _boot_p(d: np.ndarray) -> float:

@@ -441,16 +441,24 @@ def bootstrap_ci(
 
 
 # --------------------------------------------------------------------------- ROC curve
+_AUC_CI_METHODS = {"delong": "DeLong", "cluster_bootstrap": "patient-cluster bootstrap"}
+
+
 @dataclass(frozen=True, eq=False)
 class RocCurveResult(ResultMixin):
-    """Empirical ROC curve, DeLong AUC CI and a pointwise bootstrap sensitivity band.
+    """Empirical ROC curve, AUC CI and a pointwise bootstrap sensitivity band.
 
     Attributes
     ----------
     fpr, tpr, thresholds : the curve (a case is called when score >= threshold);
-    auc, auc_ci : AUC and its DeLong CI; band_fpr, band_low, band_high : sensitivity CI at
+    auc, auc_ci : AUC and its CI; band_fpr, band_low, band_high : sensitivity CI at
     fixed false-positive rates (pROC ``ci.se``), from a stratified bootstrap of rows, or of
-    clusters (patients) when :func:`roc_curve` was given ``clusters``.
+    clusters (patients) when :func:`roc_curve` was given ``clusters`` with some cluster
+    holding several rows.
+    auc_ci_method : ``"delong"`` (DeLong's interval, rows independent) or
+        ``"cluster_bootstrap"`` (percentile interval of the AUC over the band's
+        patient-resampled replicates).
+    n_boot : bootstrap replicates behind the band (and the AUC CI under the cluster bootstrap).
     """
 
     fpr: np.ndarray
@@ -463,14 +471,26 @@ class RocCurveResult(ResultMixin):
     band_high: np.ndarray
     conf_level: float
     name: str = "score"
+    auc_ci_method: str = "delong"
+    n_boot: int = 500
     _title = "ROC curve"
 
     def summary(self) -> pd.DataFrame:
         """The curve: threshold, fpr, tpr (one row per distinct threshold)."""
         return pd.DataFrame({"threshold": self.thresholds, "fpr": self.fpr, "tpr": self.tpr})
 
+    @property
+    def auc_ci_label(self) -> str:
+        """How ``auc_ci`` was computed, in words (e.g. ``"DeLong"``)."""
+        label = _AUC_CI_METHODS.get(self.auc_ci_method, self.auc_ci_method)
+        if self.auc_ci_method == "cluster_bootstrap":
+            label += f", {self.n_boot} replicates"
+        return label
+
     def _header_lines(self) -> list[str]:
-        return [f"AUC {self.auc:.3f} ({self.conf_level:.0%} CI {self.auc_ci[0]:.3f}-{self.auc_ci[1]:.3f})"]
+        return [f"AUC {self.auc:.3f} ({self.conf_level:.0%} CI {self.auc_ci[0]:.3f}-{self.auc_ci[1]:.3f}, "
+                f"{self.auc_ci_label}); sensitivity band: {self.n_boot} bootstrap replicates of "
+                + ("patients" if self.auc_ci_method == "cluster_bootstrap" else "rows")]
 
     def plot(self, ax=None, **kwargs):
         """Delegate to :func:`models.plotting.plot_roc`."""
@@ -483,11 +503,12 @@ def roc_curve(
     y_true, y_score, *, n_boot: int = 500, conf_level: float = 0.95,
     random_state: int | None = 0, grid: int = 101, clusters=None,
 ) -> RocCurveResult:
-    """ROC curve with a DeLong AUC CI and a stratified-bootstrap band of sensitivity.
+    """ROC curve with an AUC CI and a stratified-bootstrap band of sensitivity.
 
     The band is pointwise at ``grid`` false-positive rates (pROC's ``ci.se``): each of
     ``n_boot`` replicates resamples the positives and the negatives with replacement
-    (blocks of ``BOOT_BLOCK`` replicates at a time, seeded by ``random_state``).
+    (blocks of ``BOOT_BLOCK`` replicates at a time, seeded by ``random_state``). The AUC
+    CI is DeLong's (pROC ``ci.auc(method = "delong")``).
 
     Parameters
     ----------
@@ -497,10 +518,14 @@ def roc_curve(
         Cluster (patient) id of every row, for data with several rows per patient. The
         band then resamples *clusters* with replacement, stratified by whether the
         cluster has any event; a cluster drawn ``m`` times weighs its rows ``m`` times
-        (:func:`models._kernels.weighted_tpr_at_fpr_rows`). Clusters are indexed in
-        order of their lowest score, so with one row per cluster the draws, and the
-        band, are exactly those of the row bootstrap for the same ``random_state``.
-        The AUC CI stays DeLong's (rows independent).
+        (:func:`models._kernels.weighted_tpr_at_fpr_rows`), and the AUC CI is the
+        percentile interval of the weighted AUC over the *same* replicates
+        (:func:`models._kernels.weighted_auc_rows`; ``auc_ci_method =
+        "cluster_bootstrap"``), since DeLong's would treat a patient's rows as
+        independent. The draws are those of :func:`models.compare.compare_models`'
+        cluster bootstrap (``_cluster_counts``), so with the same seed and
+        ``n_boot`` the AUC CI equals its single-repeat CI. When every cluster holds one
+        row, ``clusters`` changes nothing: row band and DeLong CI.
 
     Examples
     --------
@@ -511,20 +536,23 @@ def roc_curve(
     y = _binary(y_true, "roc_curve")
     s, names = _scores(y_score, y.size, "roc_curve", like=y_true)
     m, n = _both_classes(y, "roc_curve", min_each=2)
-    zc = _zcrit(conf_level)
     x = s[:, 0]
     thr = np.concatenate([[np.inf], np.unique(x)[::-1]])
     pos = np.sort(x[y == 1])
     neg = np.sort(x[y == 0])
     tpr = (m - np.searchsorted(pos, thr, side="left")) / m
     fpr = (n - np.searchsorted(neg, thr, side="left")) / n
+    codes = None if clusters is None else _cluster_codes(clusters, y.size, "roc_curve")
+    if codes is not None and int(codes.max()) + 1 == y.size:  # one row per cluster
+        codes = None
     auc, cov = K.delong_placements(pos[None, :], neg[None, :])
-    se = float(np.sqrt(cov[0, 0]))
-    ci = (max(0.0, float(auc[0]) - zc * se), min(1.0, float(auc[0]) + zc * se))
+    auc = float(auc[0])
     gfpr = np.linspace(0, 1, grid)
     rng = np.random.default_rng(random_state)
     a = (1 - conf_level) / 2
-    if clusters is None:
+    if codes is None:
+        se, zc = float(np.sqrt(cov[0, 0])), _zcrit(conf_level)
+        ci = (max(0.0, auc - zc * se), min(1.0, auc + zc * se))
         blocks = []
         for start in range(0, int(n_boot), BOOT_BLOCK):  # blocks of replicates, not rows
             b = min(BOOT_BLOCK, int(n_boot) - start)
@@ -532,18 +560,23 @@ def roc_curve(
             bn = neg[rng.integers(0, n, size=(b, n))]
             blocks.append(K.tpr_at_fpr_rows(bp, bn, gfpr))
         lo, hi = np.quantile(np.concatenate(blocks), [a, 1 - a], axis=0)
+        method = "delong"
     else:
-        band = _cluster_tpr_band(x, y, _cluster_codes(clusters, y.size, "roc_curve"), int(n_boot),
-                                 gfpr, rng)
-        lo, hi = np.nanquantile(band, [a, 1 - a], axis=0)
-    return RocCurveResult(_ro(fpr), _ro(tpr), _ro(thr), float(auc[0]), ci, _ro(gfpr),
-                          _ro(lo), _ro(hi), conf_level, names[0])
-
-
+        counts = _cluster_counts(codes, y, int(n_boot), rng)
+        band, baucs = [], []
+        for start in range(0, int(n_boot), BOOT_BLOCK):  # row weights of a block of replicates
+            w = counts[start:start + BOOT_BLOCK, codes].astype(np.float64)
+            band.append(K.weighted_tpr_at_fpr_rows(x, y, w, gfpr))
+            baucs.append(K.weighted_auc_rows(x, y, w))
+        lo, hi = np.nanquantile(np.concatenate(band), [a, 1 - a], axis=0)
+        ci = tuple(float(v) for v in np.nanquantile(np.concatenate(baucs), [a, 1 - a]))
+        method = "cluster_bootstrap"
+    return RocCurveResult(_ro(fpr), _ro(tpr), _ro(thr), auc, ci, _ro(gfpr),
+                          _ro(lo), _ro(hi), conf_level, names[0], method, int(n_boot))
 
 
 def _cluster_codes(clusters, n: int, who: str) -> np.ndarray:
-    """Integer codes 0..P-1 of the cluster ids (one per row), refusing missing ids."""
+    """Integer codes 0..P-1 of the cluster ids (one per row, order of first appearance), refusing missing ids."""
     ids = clusters.to_numpy() if isinstance(clusters, (pd.Series, pd.Index)) else np.asarray(clusters)
     if ids.ndim != 1 or ids.size != n:
         raise ValueError(f"{who}: clusters must hold one id per row ({n}), got shape {ids.shape}.")
@@ -555,33 +588,35 @@ def _cluster_codes(clusters, n: int, who: str) -> np.ndarray:
     return codes
 
 
-def _cluster_tpr_band(x: np.ndarray, y: np.ndarray, codes: np.ndarray, n_boot: int,
-                      gfpr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, G) sensitivities of a cluster bootstrap stratified by "cluster has an event".
+def _cluster_counts(codes: np.ndarray, y: np.ndarray, n_boot: int,
+                             rng: np.random.Generator) -> np.ndarray:
+    """Draw counts (n_boot, P) of a cluster bootstrap stratified by "cluster has any event".
 
-    Per block of ``BOOT_BLOCK`` replicates the event clusters are drawn, then the others
-    (the row bootstrap's order: positives, then negatives); clusters are indexed by their
-    lowest score (stable), so singleton clusters reproduce the row bootstrap's draws.
+    Parameters
+    ----------
+    codes : (N,) cluster code 0..P-1 of every row (e.g. ``pd.factorize(patient_id)[0]``).
+    y : (N,) 0/1 labels.
+    n_boot : replicates; rng : the generator (consumed: events' stratum first, then the other).
+
+    Returns
+    -------
+    (n_boot, P) int64: how often each cluster was drawn. Within each stratum its ``P_s``
+    clusters are drawn ``P_s`` times with replacement, so both classes stay present in
+    every replicate (a cluster with an event contributes a positive row). Row weights of
+    replicate ``b`` are ``counts[b, codes]``. Shared by :func:`roc_curve` and
+    :func:`models.compare.compare_models`, so the same seed gives the same replicates.
     """
     n_cl = int(codes.max()) + 1
-    order = np.argsort(x, kind="stable")
-    _, first = np.unique(codes[order], return_index=True)  # first[c]: rank of c's lowest score
-    by_score = np.argsort(first, kind="stable")
     has_event = np.zeros(n_cl, dtype=bool)
-    has_event[codes[y == 1]] = True
-    strata = [by_score[has_event[by_score]], by_score[~has_event[by_score]]]
-    blocks = []
-    for start in range(0, n_boot, BOOT_BLOCK):
-        b = min(BOOT_BLOCK, n_boot - start)
-        offs = (np.arange(b) * n_cl)[:, None]
-        counts = np.zeros(b * n_cl, dtype=np.int64)
-        for members in strata:
-            if members.size:
-                drawn = members[rng.integers(0, members.size, size=(b, members.size))]
-                counts += np.bincount((offs + drawn).ravel(), minlength=b * n_cl)
-        w = counts.reshape(b, n_cl)[:, codes]
-        blocks.append(K.weighted_tpr_at_fpr_rows(x, y, w, gfpr))
-    return np.concatenate(blocks)
+    has_event[codes[np.asarray(y) == 1]] = True
+    counts = np.zeros((n_boot, n_cl), dtype=np.int64)
+    offset = (np.arange(n_boot) * n_cl)[:, None]
+    for stratum in (True, False):
+        members = np.flatnonzero(has_event == stratum)
+        if members.size:
+            idx = members[rng.integers(0, members.size, size=(n_boot, members.size))]
+            counts += np.bincount((offset + idx).ravel(), minlength=n_boot * n_cl).reshape(n_boot, n_cl)
+    return counts
 
 
 # --------------------------------------------------------------------------- one call

@@ -27,6 +27,8 @@ def _axes(ax):
 def plot_roc(result: RocCurveResult, ax=None, *, color: str = "C0", band: bool = True):
     """ROC curve (step), chance diagonal and the bootstrap sensitivity band.
 
+    The legend gives the AUC, its CI and how the CI was computed (``auc_ci_method``).
+
     Parameters
     ----------
     result : :class:`models.evaluate.RocCurveResult` from :func:`models.evaluate.roc_curve`.
@@ -39,7 +41,8 @@ def plot_roc(result: RocCurveResult, ax=None, *, color: str = "C0", band: bool =
     """
     ax = _axes(ax)
     lo, hi = result.auc_ci
-    label = f"{result.name}: AUC {result.auc:.3f} ({lo:.3f}-{hi:.3f})"
+    how = "cluster bootstrap" if result.auc_ci_method == "cluster_bootstrap" else "DeLong"
+    label = f"{result.name}: AUC {result.auc:.3f} ({lo:.3f}-{hi:.3f}, {how})"
     ax.plot(result.fpr, result.tpr, color=color, drawstyle="steps-post", label=label)
     if band:
         ax.fill_between(result.band_fpr, result.band_low, result.band_high, color=color,

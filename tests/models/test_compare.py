@@ -8,6 +8,7 @@ hand-computed combinations over repeats.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import matplotlib
@@ -596,3 +597,72 @@ def test_roc_band_one_row_per_patient_same_as_rows():
     rows = _planted_result(300, 1, "delong", 7).roc()
     np.testing.assert_array_equal(cl.band_low, rows.band_low)
     np.testing.assert_array_equal(cl.band_high, rows.band_high)
+
+
+# ------------------------------------------------------------------ ROC AUC CI = summary CI
+def _repeated_visits(n_patients, rows_per, seed):
+    """The simulated table with each patient repeated ``rows_per`` times (features jittered by 0.01)."""
+    tab = simulate_comparison_table(n_patients, random_state=seed)
+    rng = np.random.default_rng(seed)
+    rep = tab.loc[tab.index.repeat(rows_per)].reset_index(drop=True)
+    num = [c for c in rep.columns if c.startswith(("dev__Z", "ehr__", "txt__"))]
+    rep.loc[:, num] = rep[num].to_numpy() + rng.normal(0, 0.01, (len(rep), len(num)))
+    return rep
+
+
+def _oof_delong_ci(res, model):
+    o = res.oof_predictions
+    g = o[(o.model == model) & (o.repeat == 0)].sort_values("row")
+    return delong(g["y"].to_numpy(), g["p"].to_numpy()).ci[0]  # pROC: ci.auc(roc(y, p), method = "delong")
+
+
+def test_roc_auc_ci_equals_summary_ci_under_cluster_bootstrap():
+    """5 rows per patient: roc().auc_ci is summary()'s cluster-bootstrap CI (1e-12), ~sqrt(5) x DeLong's."""
+    res = _cheap(_repeated_visits(150, 5, 5), n_boot=300, random_state=3)
+    s = res.summary()
+    assert (s["ci_method"] == "cluster_bootstrap").all()
+    for m in CHEAP:
+        r = res.roc(m)
+        assert r.auc_ci_method == "cluster_bootstrap" and r.n_boot == 300
+        assert_allclose(r.auc_ci, s.loc[m, ["auroc_ci_low", "auroc_ci_high"]].to_numpy(dtype=float),
+                        rtol=0, atol=1e-12)
+        assert_allclose(r.auc, s.loc[m, "auroc"], rtol=1e-12)
+        dl = _oof_delong_ci(res, m)
+        ratio = (r.auc_ci[1] - r.auc_ci[0]) / (dl[1] - dl[0])
+        # planted: 150 independent patients seen as 750 rows -> sqrt(5) = 2.24 (measured 2.24 for
+        # dev_count_logistic, 2.18 for dev_xgb); DeLong's own CI gives 1
+        assert 1.7 < ratio < 2.8, (m, ratio)
+        assert "patient-cluster bootstrap, 300 replicates" in r.to_text()
+    # another seed: other replicates, other CI (the seed is the comparison's, not a fixed one)
+    other = dataclasses.replace(res, settings={**res.settings, "random_state": 4})
+    assert not np.allclose(other.roc("dev_xgb").auc_ci, s.loc["dev_xgb", ["auroc_ci_low", "auroc_ci_high"]]
+                           .to_numpy(dtype=float), rtol=0, atol=1e-12)
+
+
+def test_roc_auc_ci_planted_patients_sqrt5_wider_than_delong():
+    """Planted scores ~constant within patient (5 rows each): roc().auc_ci / DeLong width is ~sqrt(5)."""
+    ratios = []
+    for seed in (3, 4, 5):
+        res = _planted_result(150, 5, "cluster_bootstrap", seed)
+        r = res.roc()
+        dl = _oof_delong_ci(res, "m")
+        assert r.auc_ci_method == "cluster_bootstrap"
+        assert r.auc_ci[0] < r.auc < r.auc_ci[1]
+        ratios.append((r.auc_ci[1] - r.auc_ci[0]) / (dl[1] - dl[0]))
+        assert res.roc().auc_ci == r.auc_ci  # seeded: the same call gives the same interval
+        assert_allclose(_planted_result(150, 5, "delong", seed).roc().auc_ci, dl, rtol=1e-12)  # DeLong mode
+    assert 1.8 < np.mean(ratios) < 2.7, ratios  # sqrt(5) = 2.24; measured 1.97, 2.16, 2.05; DeLong gives 1
+
+
+def test_roc_auc_ci_one_row_per_patient_is_delong(small):
+    """One row per patient: roc().auc_ci is DeLong's exactly, whether ci is 'auto' or 'cluster_bootstrap'."""
+    res = _cheap(small)
+    r = res.roc("dev_xgb")
+    assert r.auc_ci_method == "delong" and "DeLong" in r.to_text()
+    assert_allclose(r.auc_ci, _oof_delong_ci(res, "dev_xgb"), rtol=1e-12)
+    for seed in (7, 8):
+        rp = _planted_result(300, 1, "cluster_bootstrap", seed).roc()
+        rd = _planted_result(300, 1, "delong", seed).roc()
+        assert rp.auc_ci_method == rd.auc_ci_method == "delong"
+        assert rp.auc_ci == rd.auc_ci  # bit for bit: the DeLong path, as before the cluster option
+        np.testing.assert_array_equal(rp.band_low, rd.band_low)

@@ -534,3 +534,43 @@ def test_roc_band_singleton_clusters_equal_row_bootstrap(rng):
     assert not np.array_equal(other.band_low, rows.band_low)  # the seed matters
     with pytest.raises(ValueError, match="missing id at position 3"):
         roc_curve(y, s, n_boot=100, clusters=np.where(np.arange(n) == 3, None, ids))
+
+
+def test_roc_cluster_auc_ci_from_the_band_replicates(rng):
+    """Cluster ROC: band and AUC CI equal a slow rebuild of each replicate's repeated rows (same draws)."""
+    from sklearn.metrics import roc_auc_score
+
+    from models.evaluate import _cluster_counts
+
+    n_pat, n_boot = 40, BOOT_BLOCK + 30  # two blocks
+    y_pat = np.r_[0, 1, rng.integers(0, 2, n_pat - 2)]
+    pid = np.repeat(np.arange(n_pat), rng.integers(1, 4, n_pat))
+    y = y_pat[pid]
+    y[np.flatnonzero(y == 1)[::3]] = 0  # a patient with an event also has event-free rows
+    s = np.round(rng.normal(size=pid.size) + y, 1)
+    ids = np.array([f"p{i}" for i in pid])
+    r = roc_curve(y, s, n_boot=n_boot, random_state=9, clusters=ids, grid=21)
+    counts = _cluster_counts(pd.factorize(ids)[0], y, n_boot, np.random.default_rng(9))
+    aucs, band = np.empty(n_boot), np.empty((n_boot, 21))
+    for b in range(n_boot):  # slow reference: materialise each replicate
+        rows = np.repeat(np.arange(pid.size), counts[b, pd.factorize(ids)[0]])
+        aucs[b] = roc_auc_score(y[rows], s[rows])
+        band[b] = K.tpr_at_fpr_rows(s[rows][y[rows] == 1][None, :], s[rows][y[rows] == 0][None, :],
+                                    np.linspace(0, 1, 21))[0]
+    assert r.auc_ci_method == "cluster_bootstrap"
+    assert_allclose(r.auc_ci, np.quantile(aucs, [0.025, 0.975]), rtol=0, atol=1e-12)
+    assert_allclose(np.c_[r.band_low, r.band_high].T, np.quantile(band, [0.025, 0.975], axis=0),
+                    rtol=0, atol=1e-12)
+    assert r.auc == delong(y, s).auc[0]  # the point estimate stays the plain AUC
+    assert "patient-cluster bootstrap" in r.to_text()
+
+
+def test_roc_singleton_clusters_keep_delong_ci(rng):
+    """With one row per cluster auc_ci is DeLong's exactly (pROC ci.auc method = "delong")."""
+    n = 90
+    y = rng.integers(0, 2, n)
+    s = rng.normal(size=n) + y
+    cl = roc_curve(y, s, n_boot=120, clusters=np.arange(n)[::-1])
+    assert cl.auc_ci_method == "delong" and cl.auc_ci == roc_curve(y, s, n_boot=120).auc_ci  # bit for bit
+    assert_allclose(cl.auc_ci, delong(y, s).ci[0], rtol=1e-12)
+    assert "DeLong" in cl.to_text()
