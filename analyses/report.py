@@ -545,7 +545,9 @@ class _Builder:
             def draw(ax):
                 for k, (_, r) in enumerate(rocs):
                     r.plot(ax=ax, color=f"C{k}")
-            parts.append("<h3>ROC curves (DeLong AUC CI, bootstrap sensitivity band)</h3>"
+            methods = sorted({r.auc_ci_label for _, r in rocs})
+            parts.append(f"<h3>ROC curves (AUC CI: {html.escape(', '.join(methods))}; bootstrap "
+                         "sensitivity band)</h3>"
                          + self.figs.plot(draw, alt="ROC curves with confidence bands", figsize=(5.5, 5.5)))
         for name, ev in evals:
             self.record(f"comparison: {name}" if name else "comparison", ev.bootstrap)
