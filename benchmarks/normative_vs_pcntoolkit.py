@@ -228,8 +228,8 @@ def _md(res) -> str:
     if res.get("cv"):
         L += ["5-fold cross-validation over all 1078 controls (native, out-of-fold Z), which shows "
               "where the split's tail excess comes from:", "",
-              "| CV seed | all 1078: Z sd / \\|Z\\|>1.96 / ex.kurt | members of the seed-42 test half | "
-              "members of the train half |", "|---|---|---|---|"]
+              "| CV seed | all 1078: Z sd / \\|Z\\|>1.96 / ex.kurt | members of the seed-42 test split | "
+              "members of the training split |", "|---|---|---|---|"]
         for seed, cv in res["cv"].items():
             f = lambda c: f"{c['z_sd']:.3f} / {100 * c['frac_abs_z_gt']:.1f} % / {c['z_exkurt']:.2f}"  # noqa: E731
             L.append(f"| {seed} | {f(cv['all'])} | {f(cv['split_test_members'])} | {f(cv['split_train_members'])} |")
