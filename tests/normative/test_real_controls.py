@@ -40,10 +40,10 @@ def test_heldout_quality_beats_pcntoolkit(split, native):
     c = z_calibration(native.transform(test).to_numpy())
     assert abs(c["z_sd"] - 1.0) <= 0.05
     assert c["z_exkurt"] <= 0.5
-    # The seed-42 test split holds subjects deviating in many regions at once (13 of 324
-    # with >= 5 critical regions, vs 9 of 754 in the training split, in-sample); its tail fraction is
-    # 6.2 % (target 4.5-5.5 %), 6.1-6.2 % even out of fold in cross-validation (next
-    # test), and 5.9 % for pcntoolkit's warped BLR fitted to convergence (RESULTS.md).
+    # The seed-42 test split holds subjects deviating in many regions at once (15 of 324
+    # with >= 5 critical regions; 8 of the 754 training controls, in-sample). Its tail
+    # fraction is 6.2 % (target 4.5-5.5 %): 6.0 % out of fold in cross-validation (next
+    # test) and 5.8 % for pcntoolkit's warped BLR fitted to convergence (RESULTS.md).
     assert c["frac_abs_z_gt"] < 0.07
 
 
