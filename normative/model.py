@@ -306,13 +306,14 @@ class NormativeModel:
 
     def _responses_matrix(self, df, who, allow_missing_cols=False):
         checks.check_columns_match(self.responses_, list(df.columns), who)
-        Y = checks.check_numeric(df, self.responses_, who, allow_nan=True)   # inf is refused
-        return Y
+        return checks.check_numeric(df, self.responses_, who, allow_nan=True)   # inf is refused
 
     def _resolve_log_mask(self, Y, index, who, strict=True):
         """Boolean mask of the responses modelled on the log scale (set at fit)."""
         R = len(self.responses_)
         lr = self.log_responses
+        if lr is not None and not isinstance(lr, str):
+            lr = [str(r) for r in lr]            # any sequence of names (list, tuple, array, Index)
         if lr is None or (not isinstance(lr, str) and len(lr) == 0):
             return np.zeros(R, bool)
         if self.backend != "native":

@@ -52,6 +52,7 @@ def test_log_model_equals_raw_model_fitted_on_log_values(planted):
     b = NormativeModel([r], log_responses=None).fit(ref.assign(**{r: np.log(ref[r])}))
     tl = test.assign(**{r: np.log(test[r])})
     assert a.log_responses_ == [r] and b.log_responses_ == []
+    assert NormativeModel([r], log_responses=np.array([r])).fit(ref).log_responses_ == [r]
     assert_allclose(a.transform(test).to_numpy(), b.transform(tl).to_numpy(), rtol=0, atol=1e-10)
     assert_allclose(a.logpdf(test).to_numpy(), b.logpdf(tl).to_numpy() - np.log(test[[r]].to_numpy()),
                     rtol=0, atol=1e-10)
