@@ -37,6 +37,7 @@ __all__ = [
     "RESPONSES",
     "HELD_OUT_SITES",
     "load_benchmark_split",
+    "load_resplit",
     "load_transfer_split",
     "run_pcn_benchmark",
     "run_pcn_transfer",
@@ -121,6 +122,32 @@ def load_benchmark_split(shared_dir) -> tuple[pd.DataFrame, pd.DataFrame, list[s
     if lab.isna().any():
         raise ValueError(f"split file lacks {int(lab.isna().sum())} subjects of fcon1000.csv")
     return d.loc[lab.eq("train").to_numpy()], d.loc[lab.eq("test").to_numpy()], list(RESPONSES)
+
+
+def load_resplit(shared_dir, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The benchmark split's procedure with another seed: a 70/30 split stratified by sex x site.
+
+    ``fcon1000_split_seed42.csv`` is exactly
+    ``sklearn.model_selection.train_test_split(fcon1000, test_size=0.3,
+    stratify=sex + site, random_state=42)`` with ``sex`` the file's 0/1 code and the rows
+    in file order (tested), so ``load_resplit(shared, 42)`` returns the benchmark split and
+    other seeds give the other draws of that procedure: how much a calibration number
+    moves from one 324-control test set to the next.
+
+    Returns
+    -------
+    train_df, test_df : pandas.DataFrame
+        Indexed by ``subject_id``, in ``fcon1000.csv`` order.
+    """
+    from sklearn.model_selection import train_test_split
+
+    d = _load_fcon(shared_dir)
+    key = np.where(d["sex"].to_numpy() == "F", "0", "1").astype(object) + d["site"].to_numpy(dtype=object)
+    _, test_pos = train_test_split(np.arange(len(d)), test_size=0.3, stratify=key,
+                                   random_state=int(seed))
+    is_test = np.zeros(len(d), bool)
+    is_test[test_pos] = True
+    return d.loc[~is_test], d.loc[is_test]
 
 
 def load_transfer_split(shared_dir, k: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

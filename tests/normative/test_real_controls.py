@@ -42,9 +42,44 @@ def test_heldout_quality_beats_pcntoolkit(split, native):
     assert c["z_exkurt"] <= 0.5
     # The seed-42 test split holds subjects deviating in many regions at once (15 of 324
     # with >= 5 critical regions; 8 of the 754 training controls, in-sample). Its tail
-    # fraction is 6.2 % (target 4.5-5.5 %): 6.0 % out of fold in cross-validation (next
-    # test) and 5.8 % for pcntoolkit's warped BLR fitted to convergence (RESULTS.md).
+    # fraction is 6.2 % (target 4.5-5.5 %): 6.0 % out of fold in cross-validation, 5.8 %
+    # for pcntoolkit's warped BLR fitted to convergence (RESULTS.md), and only a few
+    # other draws of the same split procedure reach it (test_calibration_over_resplits).
     assert c["frac_abs_z_gt"] < 0.07
+
+
+def test_resplit_seed42_is_the_benchmark_split(split, shared_data):
+    """The shipped split is train_test_split(test_size=0.3, stratify=sex+site, random_state=42)."""
+    from benchmarks._pcn_reference import load_resplit
+
+    train, test, _ = split
+    tr42, te42 = load_resplit(shared_data, 42)
+    assert tr42.index.equals(train.index) and te42.index.equals(test.index)
+    tr0, te0 = load_resplit(shared_data, 0)
+    assert len(te0) == 324 and not te0.index.equals(test.index)
+    assert tr0.index.intersection(te0.index).empty
+
+
+def test_calibration_over_resplits(split, native, shared_data):
+    """Other draws of the benchmark split's procedure: mean |Z|>1.96 in 4.5-5.5 %, sd 1 +- 0.05.
+
+    Seed 42's test set is an unlucky draw: few other seeds reach its tail fraction
+    (200 seeds in RESULTS.md: 5.1 % mean, 0.5 points sd, 2 % of splits >= seed 42).
+    """
+    from benchmarks._pcn_reference import load_resplit
+
+    _, test, regions = split
+    fr, sd = [], []
+    for seed in range(30):
+        tr, te = load_resplit(shared_data, seed)
+        z = NormativeModel(regions).fit(tr).transform(te)[regions].to_numpy()
+        fr.append(np.mean(np.abs(z) > 1.96))
+        sd.append(z.std())
+    fr = np.array(fr)
+    assert 0.045 <= fr.mean() <= 0.055
+    assert abs(np.mean(sd) - 1.0) <= 0.05
+    z42 = native.transform(test)[regions].to_numpy()
+    assert np.mean(fr >= np.mean(np.abs(z42) > 1.96)) <= 0.10
 
 
 def test_cross_validated_calibration(split):
