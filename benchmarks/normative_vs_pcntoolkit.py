@@ -273,7 +273,8 @@ def _md(res) -> str:
             inb = np.mean((fr >= 0.045) & (fr <= 0.055))
             ge = f"{100 * np.mean(fr >= seed42 - 1e-12):.0f} %" if seed42 is not None else ""
             s42 = f"{100 * seed42:.1f} %" if seed42 is not None else ""
-            return (f"| {name} | {len(fr)} (seeds {min(d)}-{max(d)}) | {100 * fr.mean():.2f} % "
+            skip = " except 42" if min(d) < 42 < max(d) else ""
+            return (f"| {name} | {len(fr)} (seeds {min(d)}-{max(d)}{skip}) | {100 * fr.mean():.2f} % "
                     f"({100 * fr.std(ddof=1):.2f}) | {100 * lo:.1f}-{100 * hi:.1f} % | "
                     f"{100 * inb:.0f} % | {sd.mean():.3f} | {s42} | {ge} |")
 
