@@ -254,6 +254,10 @@ def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_it
     idx = xp.arange(P, **dv)
     total_iter = 0
     conv = xp.zeros(R, dtype=bool, **dv)
+    # responses whose site-effect prior variances have settled: frozen from then on, so
+    # every response follows the same path whatever else is fitted with it (chunked
+    # fits equal the joint fit)
+    settled = xp.zeros(R, dtype=bool, **dv)
     negH = None
     cur = None
     for rnd in range(eb_rounds):
@@ -269,7 +273,7 @@ def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_it
 
         lam = xp.full((R,), 1e-3, dtype=f64, **dv)
         cur = objective(beta, gamma, eps, tau)
-        conv = xp.zeros(R, dtype=bool, **dv)
+        conv = settled.clone() if xp is not np else settled.copy()
         for _ in range(max_iter):
             total_iter += 1
             grad, H = prob.newton_terms(beta, gamma, eps, tau, shape, gaussian)
@@ -331,7 +335,11 @@ def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_it
                 tl = xp.sqrt(xp.clip(((beta * beta + vb) * slx[:, None]).sum(0) / nsl, _TAU_FLOOR ** 2, None))
             if nss >= 2:
                 ts = xp.sqrt(xp.clip(((gamma * gamma + vg) * ssx[:, None]).sum(0) / nss, _TAU_FLOOR ** 2, None))
-            moved = max(float(xp.abs(tl / old[0] - 1).max()), float(xp.abs(ts / old[1] - 1).max()))
-            if moved < 1e-3:
+            moved = xp.maximum(xp.abs(tl / old[0] - 1), xp.abs(ts / old[1] - 1))
+            # a settled response keeps the prior its parameters were fitted under
+            settled = settled | (moved < 1e-3)
+            tl = xp.where(settled, old[0], tl)
+            ts = xp.where(settled, old[1], ts)
+            if bool(settled.all()):
                 break
     return FitResult(beta, gamma, eps, tau, tl, ts, total_iter, conv, cur, negH)

@@ -282,10 +282,12 @@ def concat_models(models: Sequence[Any]):
             raise ValueError(f"{who}: item {i} uses backend={m.backend!r}; only native models "
                              "can be concatenated.")
     first = models[0]
-    params0 = {k: v for k, v in first.get_params().items() if k != "responses"}
+    # parameters that change how a fit runs, not what it gives, may differ between chunks
+    skip = {"responses", "n_jobs", "verbose"}
+    params0 = {k: v for k, v in first.get_params().items() if k not in skip}
     design0 = first.design_.to_dict()
     for i, m in enumerate(models[1:], start=1):
-        params = {k: v for k, v in m.get_params().items() if k != "responses"}
+        params = {k: v for k, v in m.get_params().items() if k not in skip}
         if params != params0:
             diff = sorted(k for k in params if params[k] != params0.get(k))
             raise ValueError(f"{who}: model {i} differs from model 0 in parameters {diff}; "

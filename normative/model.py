@@ -8,6 +8,7 @@ returns deviation scores ``Z`` that are standard normal in healthy controls.
 from __future__ import annotations
 
 import logging
+import numbers
 import re
 import warnings
 from collections.abc import Sequence
@@ -144,6 +145,10 @@ class NormativeModel:
         torch code path on the CPU (to check it against numpy without a GPU).
     max_iter : int, default 100
         Newton iterations per empirical-Bayes round.
+    n_jobs : int or None, default None
+        CPU threads that share the row chunks of a large fit (None: all cores; BLAS is
+        held to one thread meanwhile). Results do not depend on it; pass 1 on a busy
+        shared host.
     verbose : int, default 0
         Log progress at INFO when > 0.
 
@@ -184,6 +189,7 @@ class NormativeModel:
         backend: Literal["native", "pcntoolkit"] = "native",
         device: str = "cpu",
         max_iter: int = 100,
+        n_jobs: int | None = None,
         verbose: int = 0,
     ):
         self.responses = responses
@@ -199,6 +205,7 @@ class NormativeModel:
         self.backend = backend
         self.device = device
         self.max_iter = max_iter
+        self.n_jobs = n_jobs
         self.verbose = verbose
 
     # ------------------------------------------------------------------ params
@@ -213,7 +220,8 @@ class NormativeModel:
             ("log_responses", self.log_responses if self.log_responses is None
              or isinstance(self.log_responses, str) else list(self.log_responses)),
             ("backend", self.backend),
-            ("device", self.device), ("max_iter", self.max_iter), ("verbose", self.verbose))}
+            ("device", self.device), ("max_iter", self.max_iter), ("n_jobs", self.n_jobs),
+            ("verbose", self.verbose))}
 
     def _validate_params(self):
         if self.likelihood not in ("shash", "normal"):
@@ -230,6 +238,10 @@ class NormativeModel:
         if isinstance(lr, str) and lr not in ("csf", "all"):
             raise ValueError(f"Got log_responses={lr!r}; expected 'csf', 'all', None or a list of "
                              "response names.")
+        if self.n_jobs is not None and (isinstance(self.n_jobs, bool)
+                                        or not isinstance(self.n_jobs, numbers.Integral)
+                                        or self.n_jobs < 1):
+            raise ValueError(f"Got n_jobs={self.n_jobs!r}; expected None (all cores) or an integer >= 1.")
         if int(self.age_df) < 3 or int(self.scale_age_df) < 3:
             raise ValueError("age_df and scale_age_df must be >= 3 (cubic B-spline columns).")
 
@@ -432,13 +444,14 @@ class NormativeModel:
         if self.likelihood == "shash" and len(controls) > 2 * _WARM_START_ROWS:
             stride = slice(None, None, int(np.ceil(len(controls) / _WARM_START_ROWS)))
             sub = (t(X[stride]), t(Zs[stride]), t(Ys[stride]), t(M[stride]), site_loc, site_sc)
-            res = _engine.fit(xp, *sub, shape=False, max_iter=self.max_iter, eb_rounds=2)
+            res = _engine.fit(xp, *sub, shape=False, max_iter=self.max_iter, eb_rounds=2,
+                              n_jobs=self.n_jobs)
         else:
-            res = _engine.fit(xp, *args, shape=False, max_iter=self.max_iter)
+            res = _engine.fit(xp, *args, shape=False, max_iter=self.max_iter, n_jobs=self.n_jobs)
         if self.likelihood == "shash":
             init = (res.beta, res.gamma, res.eps, res.tau)
             res2 = _engine.fit(xp, *args, shape=True, max_iter=self.max_iter, init=init,
-                               fixed_tau=None)
+                               fixed_tau=None, n_jobs=self.n_jobs)
             n_iter = res.n_iter + res2.n_iter
             res = res2
         else:

@@ -41,10 +41,13 @@ def test_chunked_fit_matches_single_fit(sim, chunked):
     assert chunked.responses_ == cols
     for a in ARRAYS:
         assert getattr(chunked, a).shape == getattr(full, a).shape, a
-    assert_allclose(chunked.beta_, full.beta_, atol=1e-5)
-    # the joint engine stops its empirical-Bayes rounds when every response has settled,
-    # so chunks agree with it to optimiser tolerance, not bit for bit
-    assert_allclose(chunked.transform(test).to_numpy(), full.transform(test).to_numpy(), atol=1e-3)
+    # each response runs its own Newton steps and stops its own empirical-Bayes rounds,
+    # so its fit does not depend on which others share its batch; what remains is the
+    # stopping tolerance (rounding in products of other widths can take a response one
+    # Newton step further): about 1e-7 here
+    assert_allclose(chunked.beta_, full.beta_, atol=1e-6)
+    assert_allclose(chunked.site_prior_sd_, full.site_prior_sd_, rtol=1e-5)
+    assert_allclose(chunked.transform(test).to_numpy(), full.transform(test).to_numpy(), atol=1e-6)
 
 
 def test_chunked_fit_recovers_planted_z(sim, chunked):
@@ -170,3 +173,29 @@ def test_fit_chunked_cuda_matches_cpu(sim):
     cpu = fit_chunked(ref, cols, chunk_size=5)
     gpu = fit_chunked(ref, cols, chunk_size=5, device="cuda")
     assert_allclose(gpu.transform(test).to_numpy(), cpu.transform(test).to_numpy(), atol=1e-6)
+
+
+def test_engine_response_fit_does_not_depend_on_its_batch():
+    """Empirical-Bayes rounds stop per response: a response fitted alone equals its joint fit.
+
+    Three responses whose site-effect variances settle after different numbers of rounds
+    (strong, no and weak site effects). Stopping all of them together gave differences of
+    3e-4 in the coefficients of the weak one.
+    """
+    from normative import _engine
+
+    rng = np.random.default_rng(0)
+    n, S = 400, 6
+    site = rng.integers(0, S, n)
+    X = np.c_[np.ones(n), rng.normal(size=n), np.eye(S)[site]]
+    lin = 0.5 * X[:, 1]
+    Y = np.c_[lin + 0.8 * rng.normal(size=S)[site] + rng.normal(size=n),
+              lin + rng.normal(size=n),
+              0.3 * rng.normal(size=S)[site] + rng.normal(size=n)]
+    args = (np.ones((n, 1)), np.r_[False, False, np.ones(S, bool)], np.zeros(1, bool))
+    joint = _engine.fit(np, X, args[0], Y, np.ones_like(Y), args[1], args[2], shape=False, eb_rounds=30)
+    for r in range(3):
+        alone = _engine.fit(np, X, args[0], Y[:, [r]], np.ones((n, 1)), args[1], args[2], shape=False,
+                            eb_rounds=30)
+        assert_allclose(alone.beta[:, 0], joint.beta[:, r], atol=1e-6)
+        assert_allclose(alone.tau_loc[0], joint.tau_loc[r], rtol=1e-6)

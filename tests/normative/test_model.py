@@ -303,3 +303,18 @@ def test_small_reference_set_stays_sane():
     assert np.abs(z.mean(0)).max() < 1.0
     assert np.abs(z).max() < 15
     assert 0.85 < z.std() < 1.2
+
+
+def test_n_jobs_does_not_change_the_fit():
+    """Threads share the row chunks of a large fit; one thread gives the same model."""
+    df = simulate_controls(9000, 3, n_sites=3, seed=5)
+    cols = [c for c in df.columns if c.startswith("region_")]
+    one = NormativeModel(cols, n_jobs=1).fit(df)
+    two = NormativeModel(cols, n_jobs=2).fit(df)
+    assert one.get_params()["n_jobs"] == 1
+    assert_allclose(two.beta_, one.beta_, rtol=1e-9, atol=1e-10)
+    assert_allclose(two.transform(df.iloc[:500]).to_numpy(), one.transform(df.iloc[:500]).to_numpy(),
+                    atol=1e-9)
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="n_jobs"):
+            NormativeModel(cols, n_jobs=bad).fit(df.iloc[:200])
