@@ -62,13 +62,17 @@ def _native_split(train, test, responses):
     from normative.model import NormativeModel
 
     NormativeModel(responses).fit(train.iloc[:200])          # warm caches (imports, BLAS)
-    t0 = time.perf_counter()
-    nm = NormativeModel(responses).fit(train)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mean, sd = nm.predict(test)
-    z = nm.transform(test)
-    pred_s = time.perf_counter() - t0
+    # a tenth of a second is at the mercy of the scheduler: median of 5 runs
+    fits, preds = [], []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        nm = NormativeModel(responses).fit(train)
+        fits.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        mean, sd = nm.predict(test)
+        z = nm.transform(test)
+        preds.append(time.perf_counter() - t0)
+    fit_s, pred_s = float(np.median(fits)), float(np.median(preds))
     tab = evaluate(test[responses].to_numpy(), mean.to_numpy(), sd.to_numpy(), z.to_numpy(),
                    train_mean=train[responses].to_numpy().mean(0),
                    train_sd=train[responses].to_numpy().std(0), responses=responses)
@@ -163,14 +167,19 @@ def _transfer(shared, responses, ks, seeds):
 
     ref, _, _ = load_transfer_split(shared, ks[0], seeds[0])
     nm = NormativeModel(responses).fit(ref)
+    rng = np.random.default_rng(0)
     res = {}
     for k in ks:
         rows = []
         for seed in seeds:
             _, ad, ev = load_transfer_split(shared, k, seed)
             z = nm.adapt(ad).transform(ev).to_numpy()
+            # how much the fraction would move from the evaluated controls alone: resample
+            # them (whole subjects, 2000 times) with the adapted model held fixed
+            per_subject = (np.abs(z) > 1.96).mean(1)
+            boot = per_subject[rng.integers(0, len(per_subject), (2000, len(per_subject)))].mean(1)
             rows.append({"seed": seed, "n_adapt": len(ad), "n_eval": len(ev), "z_sd": float(z.std(ddof=1)),
-                         "frac": float(np.mean(np.abs(z) > 1.96)),
+                         "frac": float(np.mean(np.abs(z) > 1.96)), "frac_boot_sd": float(boot.std()),
                          "crit_per_subject": float((np.abs(z) > 1.96).sum(1).mean())})
         res[k] = rows
     return res
@@ -194,7 +203,8 @@ def _md(res) -> str:
           f"{res['n_regions']} regions)", "",
           "| engine | fit (all regions) | predict + Z | fit + predict | ratio |", "|---|---|---|---|---|"]
     tn = nat["fit_s"] + nat["predict_s"]
-    L.append(f"| normfuse native (SHASH) | {nat['fit_s']:.2f} s | {nat['predict_s']:.2f} s | {tn:.2f} s | 1 |")
+    L.append(f"| normfuse native (SHASH; median of 5 runs) | {nat['fit_s']:.2f} s | {nat['predict_s']:.2f} s | "
+             f"{tn:.2f} s | 1 |")
     stock = res.get("pcn_stock")
     if stock:
         ts = stock["fit_s"] + stock["predict_s"]
@@ -289,17 +299,23 @@ def _md(res) -> str:
         L.append("")
     L += ["### Site transfer (Oulu and Milwaukee_b held out; k controls per site x sex; "
           f"{len(res['transfer_seeds'])} random draws)", "",
-          "| k | n adapt / eval | Z sd mean [min, max] | \\|Z\\|>1.96 mean [min, max] | crit. dev./subject "
-          "| pcntoolkit (PROVENANCE) |", "|---|---|---|---|---|---|"]
+          "| k | n adapt / eval | Z sd mean [min, max] | \\|Z\\|>1.96 mean [min, max] | \\|Z\\|>1.96 sd "
+          "across draws / from the evaluated controls alone | crit. dev./subject | pcntoolkit (PROVENANCE) |",
+          "|---|---|---|---|---|---|---|"]
     prov = {5: "1.47, 13.8 %", 10: "1.18, 8.9 %", 20: "1.00, 4.7 %"}
     for k, rows in res["transfer"].items():
         sd = np.array([r["z_sd"] for r in rows])
         fr = np.array([r["frac"] for r in rows])
         cr = np.array([r["crit_per_subject"] for r in rows])
+        bs = np.array([r["frac_boot_sd"] for r in rows])
         L.append(f"| {k} | {rows[0]['n_adapt']} / {rows[0]['n_eval']} | {sd.mean():.3f} [{sd.min():.2f}, "
                  f"{sd.max():.2f}] | {100 * fr.mean():.1f} % [{100 * fr.min():.1f}, {100 * fr.max():.1f}] | "
+                 f"{100 * fr.std(ddof=1):.2f} / {100 * bs.mean():.2f} points | "
                  f"{cr.mean():.2f} | {prov.get(int(k), '')} |")
-    L += ["", "Target: \\|Z\\|>1.96 within 4-6 % and Z sd within 1.00 +- 0.10 at every k.", ""]
+    L += ["", "Target: \\|Z\\|>1.96 within 4-6 % and Z sd within 1.00 +- 0.10 at every k. The "
+          "draw-to-draw spread of the fraction is about what resampling the evaluated controls alone "
+          "gives (subject bootstrap with the adapted model fixed): the draws differ by which controls "
+          "are evaluated, not by how the site was adapted.", ""]
     sc = res.get("scale") or {}
     if sc and "error" not in sc:
         L += ["### Scale", "",
@@ -353,7 +369,7 @@ def main(argv=None) -> dict:
     seeds = [s for s in range(20 if args.quick else 200) if s != 42]
     res["resplits"] = _resplits(SHARED, responses, seeds,
                                 pcn_seeds=() if args.no_pcn else seeds[:3 if args.quick else 20])
-    res["transfer_seeds"] = list(range(2 if args.quick else 10))
+    res["transfer_seeds"] = list(range(2 if args.quick else 20))
     res["transfer"] = _transfer(SHARED, responses, (5, 10, 20), res["transfer_seeds"])
     n, R = (5000, 20) if args.quick else (60000, 100)
     res["scale"] = _scale(n, R)
