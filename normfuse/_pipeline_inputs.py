@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from normfuse._pipeline_common import _KEYS, _need, _ns, log
@@ -45,6 +46,154 @@ def _read_plain_table(path: Path, what: str) -> pd.DataFrame:
                            path=path)
 
 
+#: id columns read as ``subject_id`` when a table has no ``subject_id`` (BIDS participants.tsv
+#: writes ``participant_id``; FCON1000/PCNtoolkit tables ``sub_id``).
+ID_ALIASES = ("participant_id", "sub_id", "subject", "Subject", "SubjectID", "subjectID")
+_SEX_TEXT = {"f": "F", "female": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
+_SEX_FIX = ("State your study's coding: on the command line e.g. --sex-codes {ex}; in "
+            "study.toml e.g. sex_codes = [{ex_toml}] in the section of this table.")
+
+
+def parse_sex_codes(codes) -> dict[str, str] | None:
+    """``["0=F", "1=M"]`` (or a mapping) -> ``{"0": "F", "1": "M"}``; None when empty.
+
+    Raises
+    ------
+    InputFormatError : an item is not ``CODE=F`` or ``CODE=M``.
+    """
+    if not codes:
+        return None
+    items = codes.items() if isinstance(codes, Mapping) else None
+    if items is None:
+        items = []
+        for c in codes:
+            code, sep, val = str(c).partition("=")
+            if not sep or not code.strip():
+                raise InputFormatError(f"sex codes: {c!r} is not CODE=F or CODE=M; write e.g. "
+                                       "0=F 1=M (FCON1000/PCNtoolkit coding).")
+            items.append((code, val))
+    out = {}
+    for code, val in items:
+        v = _SEX_TEXT.get(str(val).strip().lower())
+        if v is None:
+            raise InputFormatError(f"sex codes: {code}={val} maps to {val!r}; the value must be "
+                                   "F or M, e.g. 0=F 1=M.")
+        out[_code(code)] = v
+    return out
+
+
+def _code(v) -> str | None:
+    """An id or code cell as text for matching (1.0 -> '1'); None when missing."""
+    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
+        return None
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def _rename_id(df: pd.DataFrame, path: Path, what: str) -> pd.DataFrame:
+    if "subject_id" in df.columns:
+        return df
+    alias = next((a for a in ID_ALIASES if a in df.columns), None)
+    if alias is None:
+        return df
+    log.info("%s: %s: column %r read as subject_id", what, path.name, alias)
+    return df.rename(columns={alias: "subject_id"})
+
+
+def _recode_sex(df: pd.DataFrame, codes: dict[str, str] | None, path: Path,
+                what: str) -> pd.DataFrame:
+    """Sex as 'F'/'M': text spellings are normalised; numeric codes need ``codes``."""
+    if "sex" not in df.columns:
+        return df
+    raw = df["sex"].tolist()
+    keys = [_code(v) for v in raw]
+    out, bad = [], None
+    for i, k in enumerate(keys):
+        if k is None:
+            out.append(None)
+            continue
+        v = codes.get(k) if codes else None
+        if v is None:
+            v = _SEX_TEXT.get(k.lower())
+        if v is None and bad is None:
+            bad = i
+        out.append(v)
+    if bad is not None:
+        found = sorted({k for k in keys if k is not None})[:10]
+        numeric = all(k.lstrip("-").replace(".", "", 1).isdigit() for k in found)
+        ex = "1=M 2=F" if set(found) <= {"1", "2"} else "0=F 1=M"
+        ex_toml = ", ".join(f'"{e}"' for e in ex.split())
+        given = f" (sex codes given: {', '.join(f'{c}={s}' for c, s in codes.items())})" \
+            if codes else ""
+        raise InputFormatError(
+            f"{what}: column 'sex' holds {raw[bad]!r} at row {bad + 2} (values found: "
+            f"{found}){given}; accepted are F/M or female/male"
+            + (", and numeric codes need their meaning stated, since studies differ (FCON1000 "
+               "and PCNtoolkit use 0=F 1=M, others 1=M 2=F). " + _SEX_FIX.format(
+                   ex=ex, ex_toml=ex_toml) if numeric else "; fix the values."), path=path)
+    df = df.copy()
+    df["sex"] = pd.array(out, dtype=object)
+    return df
+
+
+def _harmonise_plain(df: pd.DataFrame, path: Path, what: str,
+                     codes: dict[str, str] | None) -> pd.DataFrame:
+    """A plain .csv/.tsv/.parquet volumes table -> the volumes contract.
+
+    ``participant_id``/``sub_id`` -> ``subject_id``; FreeSurfer 5/6 and SynthSeg region
+    names -> FreeSurfer 7 (``Left-Thalamus-Proper`` -> ``Left-Thalamus``); ``eTIV`` /
+    ``EstimatedTotalIntraCranialVol`` -> ``icv`` when there is no ``icv``; sex to F/M.
+    """
+    from normative.freesurfer import harmonise_region_names
+
+    df = _rename_id(df, path, what)
+    cols = [str(c) for c in df.columns]
+    new = harmonise_region_names(cols)
+    ren, drop = {}, []
+    taken = set(cols)
+    for old, nw in zip(cols, new, strict=True):
+        if nw == old:
+            continue
+        if nw in taken:   # e.g. both eTIV and EstimatedTotalIntraCranialVol
+            same = np.allclose(pd.to_numeric(df[old], errors="coerce").to_numpy(dtype=float),
+                               pd.to_numeric(df[nw], errors="coerce").to_numpy(dtype=float),
+                               equal_nan=True) if nw in df.columns else False
+            if same:
+                drop.append(old)
+            continue
+        ren[old] = nw
+        taken.add(nw)
+    if ren or drop:
+        log.info("%s: %s: FreeSurfer 7 names for %d columns (%s)", what, path.name, len(ren),
+                 ", ".join(f"{a} -> {b}" for a, b in list(ren.items())[:4]))
+        df = df.drop(columns=drop).rename(columns=ren)
+    if "icv" not in df.columns and "eTIV" in df.columns:
+        log.info("%s: %s: icv taken from eTIV", what, path.name)
+        df = df.assign(icv=pd.to_numeric(df["eTIV"], errors="coerce"))
+    return _recode_sex(df, codes, path, what)
+
+
+def _check_matched(vols: pd.DataFrame, demo: pd.DataFrame, path: Path, what: str) -> None:
+    """Every scan has a demographics row; else one message naming both id spellings."""
+    by_ses = "session_id" in demo.columns
+    def keys(df):
+        s = [_code(v) for v in df["subject_id"].tolist()]
+        return list(zip(s, [_code(v) for v in df["session_id"].tolist()], strict=True)) \
+            if by_ses else s
+    have = set(keys(demo))
+    vk = keys(vols)
+    miss = [k for k in vk if k not in have]
+    if miss:
+        on = "subject_id and session_id" if by_ses else "subject_id"
+        raise InputFormatError(
+            f"{what} demographics: {len(miss)} of {len(vk)} scans have no row here (matched on "
+            f"{on}); scans: {miss[:5]}{' ...' if len(miss) > 5 else ''}, this table: "
+            f"{list(keys(demo))[:5]}. Make the ids spelled alike in both (e.g. 'sub-01' vs "
+            "'01')" + (", or drop session_id from the demographics to match on subject_id only"
+                       if by_ses else "") + ".", path=path)
+
+
 def _split_session_folders(vols: pd.DataFrame) -> pd.DataFrame:
     """Split FreeSurfer folder names ``<subject>_<session>`` (``sub-01_ses-01``) into both ids."""
     if "session_id" in vols.columns and vols["session_id"].notna().any():
@@ -59,7 +208,8 @@ def _split_session_folders(vols: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
-                 atlases: Sequence[str] = ("aseg", "aparc"), what: str = "volumes") -> pd.DataFrame:
+                 atlases: Sequence[str] = ("aseg", "aparc"), what: str = "volumes",
+                 sex_codes=None) -> pd.DataFrame:
     """Read a volumes table from a SUBJECTS_DIR or from volume tables, with demographics.
 
     Parameters
@@ -73,6 +223,15 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
         ``site`` and optionally ``scan_date``; filled in with
         :func:`normative.freesurfer.attach_demographics`.
     atlases : stats files read per scan from a SUBJECTS_DIR.
+    what : name of these volumes in messages (e.g. ``"reference"``).
+    sex_codes : how numeric ``sex`` values read, e.g. ``["0=F", "1=M"]`` or ``{0: "F"}``
+        (FCON1000/PCNtoolkit coding); without it numeric codes are refused.
+
+    Plain tables (``.csv``/``.tsv``/``.parquet``) and demographics are harmonised:
+    ``participant_id``/``sub_id`` are read as ``subject_id``, FreeSurfer 5/6 region names
+    get their FreeSurfer 7 names (``Left-Thalamus-Proper`` -> ``Left-Thalamus``), ``eTIV``
+    or ``EstimatedTotalIntraCranialVol`` becomes ``icv`` when there is none, and sex is
+    read as F/M.
 
     Returns
     -------
@@ -84,6 +243,7 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
     """
     from normative.freesurfer import attach_demographics, collect_subjects_dir, read_stats_table
 
+    codes = parse_sex_codes(sex_codes)
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise InputFormatError(f"no {what} given; set the tables or subjects_dir key.")
@@ -101,7 +261,8 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
             if p.suffix.lower() == ".txt":
                 frames.append(read_stats_table(p))
             else:
-                frames.append(_read_plain_table(p, f"{what} table"))
+                frames.append(_harmonise_plain(_read_plain_table(p, f"{what} table"), p, what,
+                                               codes))
         vols = frames[0]
         for f in frames[1:]:
             keys = [k for k in _KEYS if k in vols.columns and k in f.columns
@@ -114,10 +275,17 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
     if "session_id" not in vols.columns:
         vols["session_id"] = None
     if demographics:
-        demo = _read_plain_table(_need(demographics, f"{what} demographics"),
-                                 f"{what} demographics")
+        dpath = _need(demographics, f"{what} demographics")
+        demo = _rename_id(_read_plain_table(dpath, f"{what} demographics"), dpath, what)
+        if "subject_id" not in demo.columns:
+            raise InputFormatError(
+                f"{what} demographics has no subject_id column (columns: "
+                f"{list(map(str, demo.columns))[:10]}); name the id column subject_id (or "
+                f"participant_id, as in BIDS).", path=dpath)
+        demo = _recode_sex(demo, codes, dpath, f"{what} demographics")
         if "session_id" in demo.columns and vols["session_id"].isna().all():
             demo = demo.drop(columns="session_id")
+        _check_matched(vols, demo, dpath, what)
         vols = attach_demographics(vols, demo.drop(columns=["scan_date"], errors="ignore"))
         if "scan_date" in demo.columns:
             keys = ["subject_id"] + (["session_id"] if "session_id" in demo.columns else [])

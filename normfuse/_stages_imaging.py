@@ -20,12 +20,13 @@ def stage_collect(cfg: Mapping, ctx: dict) -> dict:
     if p["subjects_dir"]:
         _need(p["subjects_dir"], "[patients] subjects_dir", folder=True)
     out = {"volumes_patients": read_volumes(src, p["demographics"] or None, atlases=p["atlases"],
-                                            what="patients")}
+                                            what="patients", sex_codes=p["sex_codes"])}
     for sec, name in (("reference", "volumes_reference"), ("adaptation", "volumes_adaptation"),
                       ("controls", "volumes_controls")):
         s = cfg[sec]
         if s["tables"]:
-            out[name] = read_volumes(s["tables"], s["demographics"] or None, what=sec)
+            out[name] = read_volumes(s["tables"], s["demographics"] or None, what=sec,
+                                     sex_codes=s["sex_codes"])
     return {"tables": out}
 
 

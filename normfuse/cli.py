@@ -30,6 +30,7 @@ from normfuse import __version__
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPT = 0, 1, 2, 130
+_ATLASES = ("aseg", "aparc", "aparc.DKTatlas", "aparc.a2009s", "wmparc", "brainvol")
 log = logging.getLogger("normfuse.cli")
 
 
@@ -79,7 +80,8 @@ def _write_table(df, path: str | Path) -> Path:
 def _volumes(args):
     from normfuse.pipeline import read_volumes
 
-    return read_volumes(args.tables, args.demographics, what="volumes")
+    return read_volumes(args.tables, args.demographics, what="volumes",
+                        sex_codes=args.sex_codes)
 
 
 def _load_model(path):
@@ -176,8 +178,23 @@ def cmd_fs_collect(args) -> int:
 
     if not Path(args.subjects_dir).is_dir():
         raise InputFormatError("SUBJECTS_DIR not found or not a folder.", path=args.subjects_dir)
-    vols = read_volumes(args.subjects_dir, args.demographics, atlases=args.atlases,
-                        what="volumes")
+    args.atlases_given = args.atlases is not None
+    args.atlases = args.atlases or ["aseg", "aparc"]
+    try:
+        vols = read_volumes(args.subjects_dir, args.demographics, atlases=args.atlases,
+                            what="volumes", sex_codes=args.sex_codes)
+    except InputFormatError as exc:
+        # a stats file of one of the atlases asked for is missing: say which option helps
+        path = getattr(exc, "path", None)
+        name = Path(path).name if path else ""
+        stem = next((a for a in sorted(args.atlases, key=len, reverse=True)
+                     if name in (f"{a}.stats", f"lh.{a}.stats", f"rh.{a}.stats")), None)
+        if stem is None or "not found" not in str(exc):
+            raise
+        rest = [a for a in args.atlases if a != stem]
+        hint = (f" Collect without it: --atlases {' '.join(rest)}" if rest else "") + \
+            (" (the default --atlases is aseg aparc)." if not args.atlases_given else ".")
+        raise InputFormatError(f"{exc}{hint}") from exc
     _write_table(vols, args.out)
     log.info("collected %d scans into %s", len(vols), args.out)
     return EXIT_OK
@@ -205,17 +222,33 @@ def cmd_norm_adapt(args) -> int:
     return EXIT_OK
 
 
+def _new_sites_hint(func, args):
+    """Run ``func``; an unknown site gets the command that adapts the model to it."""
+    from normfuse.errors import UnknownSiteError
+
+    try:
+        return func()
+    except UnknownSiteError as exc:
+        msg = _one_line(exc).split(" Adapt the model")[0]
+        raise UnknownSiteError(
+            f"{msg} Adapt the model to them first: `normfuse normative adapt {args.model} "
+            "LOCAL_CONTROLS.csv --out ADAPTED/` (a few healthy controls per new site, never "
+            "the ones you score), then pass ADAPTED/ here.") from exc
+
+
 def cmd_norm_score(args) -> int:
     m = _load_model(args.model)
     vols = _volumes(args)
-    dev = m.deviations(vols, threshold=args.threshold, tail=args.tail)
+    dev = _new_sites_hint(lambda: m.deviations(vols, threshold=args.threshold, tail=args.tail),
+                          args)
     _write_table(dev, args.out)
     return EXIT_OK
 
 
 def cmd_norm_evaluate(args) -> int:
     m = _load_model(args.model)
-    sc = m.score(_volumes(args))
+    vols = _volumes(args)
+    sc = _new_sites_hint(lambda: m.score(vols), args)
     _write_table(sc.rename_axis("region").reset_index(), args.out)
     return EXIT_OK
 
@@ -229,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("-v", "--verbose", action="count", default=default or 0,
                             help="more messages (-vv: debug and tracebacks)")
         return parser
+
+    def sexopt(sp):
+        sp.add_argument("--sex-codes", nargs="+", metavar="CODE=F|M", default=None,
+                        help="meaning of numeric sex values, e.g. 0=F 1=M (FCON1000/"
+                        "PCNtoolkit) or 1=M 2=F; F/M and female/male need none")
 
     # options given before or after the subcommand both count (SUPPRESS keeps the top value)
     common = opts(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
@@ -259,10 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     fs = sub.add_parser("freesurfer", parents=[common], help="FreeSurfer outputs")
     fss = fs.add_subparsers(dest="action", required=True, parser_class=_Parser)
     c = fss.add_parser("collect", parents=[common], help="SUBJECTS_DIR -> volumes table")
-    c.add_argument("subjects_dir")
+    c.add_argument("subjects_dir", help="FreeSurfer SUBJECTS_DIR (<subject>/stats/*.stats) or "
+                   "BIDS derivatives (sub-*/ses-*/stats); FastSurfer outputs too")
     c.add_argument("--out", required=True, help="volumes table (.parquet, .csv or .tsv)")
-    c.add_argument("--demographics", help="participants table (subject_id, session_id, age, sex, site)")
-    c.add_argument("--atlases", nargs="+", default=["aseg", "aparc"])
+    c.add_argument("--demographics", help="participants table (subject_id or participant_id, "
+                   "session_id, age, sex, site)")
+    c.add_argument("--atlases", nargs="+", default=None, choices=_ATLASES, metavar="ATLAS",
+                   help="stats files read per scan, from: " + ", ".join(_ATLASES) +
+                   " (default: aseg aparc)")
+    sexopt(c)
     c.set_defaults(func=cmd_fs_collect)
 
     n = sub.add_parser("normative", parents=[common], help="normative models")
@@ -271,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     def vols(sp):
         sp.add_argument("tables", nargs="+", help="a SUBJECTS_DIR or volume tables (.txt from "
                         "asegstats2table/aparcstats2table, .csv, .tsv, .parquet)")
-        sp.add_argument("--demographics", help="subject_id, age, sex, site table")
+        sp.add_argument("--demographics", help="subject_id (or participant_id), age, sex, site "
+                        "table, when the tables lack them")
+        sexopt(sp)
 
     f = ns.add_parser("fit", parents=[common], help="fit on reference controls -> model folder")
     vols(f)
@@ -290,8 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", required=True,
                         help="model folder" if name == "adapt" else "table (.parquet/.csv/.tsv)")
         if name == "score":
-            sp.add_argument("--threshold", type=float, default=1.96)
-            sp.add_argument("--tail", choices=["lower", "upper", "both"], default="both")
+            sp.add_argument("--threshold", type=float, default=1.96,
+                            help="|Z| above which a deviation is critical (default 1.96)")
+            sp.add_argument("--tail", choices=["lower", "upper", "both"], default="both",
+                            help="deviations counted in n_crit (default both; `normfuse run` "
+                            "uses [normative] tail, default lower)")
         sp.set_defaults(func=func)
 
     for group, action, stage, helptext in (

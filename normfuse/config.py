@@ -66,6 +66,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "atlases": Key("strs", ["aseg", "aparc"], "Stats files read per scan from subjects_dir.",
                        choices=("aseg", "aparc", "aparc.DKTatlas", "aparc.a2009s", "wmparc",
                                 "brainvol")),
+        "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
+                         "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
+                         "F/M and female/male need none."),
     },
     "reference": {
         "tables": Key("paths", [], "Healthy reference controls: volume tables (as patients.tables)."),
@@ -76,11 +79,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "holdout_fraction": Key("float", 0.2, "Share of reference controls held out of the fit to "
                                 "check calibration and expected critical-deviation counts.",
                                 minimum=0.0, maximum=0.5),
+        "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
+                         "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
+                         "F/M and female/male need none."),
     },
     "adaptation": {
         "tables": Key("paths", [], "Local healthy controls scanned at the patients' sites, for "
                       "adapting the model to sites it was not fitted on (empty: no adaptation)."),
         "demographics": Key(_P, "", "subject_id, age, sex, site of the local controls."),
+        "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
+                         "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
+                         "F/M and female/male need none."),
         "n_per_site": Key("int", 0, "Use only the first N local controls of each site for "
                           "adaptation (0: all); the rest stay available for matching.", minimum=0),
     },
@@ -88,6 +97,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tables": Key("paths", [], "Controls for the count model (not in the reference fit); "
                       "controls used for adaptation are removed from this pool."),
         "demographics": Key(_P, "", "subject_id, age, sex, site of those controls."),
+        "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
+                         "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
+                         "F/M and female/male need none."),
         "match_on": Key("strs", ["age", "sex", "icv"], "Covariates for 1:1 nearest-neighbour "
                         "matching of controls to patients' baseline scans."),
     },
@@ -272,6 +284,15 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
     src = out["clinical"]["source"]
     if src and not src.startswith(("postgresql://", "postgresql+", "postgres://")):
         out["clinical"]["source"] = str(base / Path(src).expanduser())
+    from normfuse.errors import InputFormatError
+
+    for sec in ("patients", "reference", "adaptation", "controls"):
+        try:
+            from normfuse._pipeline_inputs import parse_sex_codes
+
+            parse_sex_codes(out[sec]["sex_codes"])
+        except InputFormatError as exc:
+            raise _fail(source, f"[{sec}] sex_codes = {out[sec]['sex_codes']!r}: {exc}") from exc
     p = out["patients"]
     if bool(p["subjects_dir"]) == bool(p["tables"]):
         raise _fail(source, "[patients] needs exactly one of subjects_dir (a SUBJECTS_DIR) or "
