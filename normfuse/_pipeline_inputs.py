@@ -194,6 +194,50 @@ def _check_matched(vols: pd.DataFrame, demo: pd.DataFrame, path: Path, what: str
                        if by_ses else "") + ".", path=path)
 
 
+def _check_demo_columns(vols: pd.DataFrame, demo: pd.DataFrame, path: Path, what: str) -> None:
+    """age, sex and site come from somewhere: the volumes or this table (near misses named)."""
+    import difflib
+
+    lacking = [c for c in ("age", "sex", "site") if c not in demo.columns
+               and (c not in vols.columns or vols[c].isna().all())]
+    if not lacking:
+        return
+    cols = list(map(str, demo.columns))
+    hints = []
+    for c in lacking:
+        near = [x for x in cols if x.lower() == c] or difflib.get_close_matches(c, cols, n=1)
+        if near:
+            hints.append(f"{near[0]!r} -> {c!r}")
+    fix = f"rename {', '.join(hints)}" if hints else f"add the column(s) {lacking}"
+    raise InputFormatError(
+        f"{what} demographics lacks {lacking} (columns: {cols[:10]}); {fix} (names are "
+        "lower case: subject_id, session_id, age, sex, site, scan_date).", path=path)
+
+
+def _iso_dates(values: pd.Series, path: Path, what: str):
+    """scan_date as YYYY-MM-DD (ISO 8601); 03/04/2020 is refused, since day and month are
+    ambiguous and a silent swap would misplace scans by months."""
+    txt = values.astype("string")
+    try:
+        return _ns(pd.to_datetime(txt, format="ISO8601"))
+    except (ValueError, TypeError):
+        pass
+    bad_i = None
+    for i, v in enumerate(txt.tolist()):
+        if v is None or v is pd.NA:
+            continue
+        try:
+            pd.to_datetime(v, format="ISO8601")
+        except (ValueError, TypeError):
+            bad_i = i
+            break
+    val = txt.iloc[bad_i] if bad_i is not None else "?"
+    raise InputFormatError(
+        f"{what} demographics: column 'scan_date' holds {val!r}, which is not a YYYY-MM-DD "
+        "date; write dates as YYYY-MM-DD (e.g. 2014-02-28): day/month orders differ between "
+        "countries and a silent swap would misplace scans.", path=path)
+
+
 def _split_session_folders(vols: pd.DataFrame) -> pd.DataFrame:
     """Split FreeSurfer folder names ``<subject>_<session>`` (``sub-01_ses-01``) into both ids."""
     if "session_id" in vols.columns and vols["session_id"].notna().any():
@@ -286,6 +330,7 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
         if "session_id" in demo.columns and vols["session_id"].isna().all():
             demo = demo.drop(columns="session_id")
         _check_matched(vols, demo, dpath, what)
+        _check_demo_columns(vols, demo, dpath, what)
         vols = attach_demographics(vols, demo.drop(columns=["scan_date"], errors="ignore"))
         if "scan_date" in demo.columns:
             keys = ["subject_id"] + (["session_id"] if "session_id" in demo.columns else [])
@@ -293,7 +338,7 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
             left = vols[keys].astype(str)
             got = left.merge(sd, on=keys, how="left")
             vols = vols.copy()
-            vols["scan_date"] = _ns(got["scan_date"].to_numpy())
+            vols["scan_date"] = _iso_dates(got["scan_date"], dpath, what)
     return vols
 
 

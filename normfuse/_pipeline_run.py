@@ -236,7 +236,22 @@ def run_pipeline(config: Mapping, out: str | Path, *, force: bool = False,
     inputs = _input_hashes(config)
     missing = [p for p, h in inputs.items() if h == "missing"]
     if missing:
-        raise InputFormatError("input not found; check the path in the config.", path=missing[0])
+        from normfuse.config import SCHEMA
+
+        where = []
+        for sec, keys in SCHEMA.items():
+            for name, key in keys.items():
+                v = config.get(sec, {}).get(name)
+                vals = v if isinstance(v, list) else [v]
+                if key.type in ("path", "paths") and missing[0] in vals:
+                    where.append(f"[{sec}] {name}")
+        if config.get("clinical", {}).get("source") == missing[0]:
+            where.append("[clinical] source")
+        key = f" (set by {', '.join(where)})" if where else ""
+        more = f"; {len(missing) - 1} more input(s) are missing too" if len(missing) > 1 else ""
+        raise InputFormatError(f"input not found{key}{more}; check the path in the config "
+                               "(relative paths are resolved against the config's folder).",
+                               path=missing[0])
     prev = _check_out(out, digest, inputs, force)
     finished = list(prev.get("finished_stages", [])) if prev else []
     timings = dict(prev.get("timings", {})) if prev else {}

@@ -30,6 +30,24 @@ def stage_collect(cfg: Mapping, ctx: dict) -> dict:
     return {"tables": out}
 
 
+def _known_sites(func, who: str, cfg: Mapping):
+    """Run ``func``; scans from sites the model does not know get the config fix."""
+    from normfuse.errors import UnknownSiteError
+
+    try:
+        return func()
+    except UnknownSiteError as exc:
+        head = " ".join(str(exc).split()).split(" Adapt the model")[0]
+        head = head.replace("NormativeModel.transform: ", "").rstrip(" .")
+        excl = cfg["reference"]["exclude_sites"]
+        why = (f" ([reference] exclude_sites leaves out {excl})" if excl else "")
+        raise UnknownSiteError(
+            f"[{who}] {head}{why}. The normative model needs healthy controls from every "
+            "site it scores: add an [adaptation] section with tables and demographics of "
+            "local controls from those sites (n_per_site = 20 or more), or put that site's "
+            "controls in [reference] tables.") from exc
+
+
 def stage_normative(cfg: Mapping, ctx: dict) -> dict:
     """Fit (or load) the normative model, adapt it, score patients and controls."""
     from normative.deviations import critical_deviations, expected_counts
@@ -70,7 +88,8 @@ def stage_normative(cfg: Mapping, ctx: dict) -> dict:
         model = model.adapt(used_local)
         log.info("normative: adapted to sites %s with %d local controls",
                  sorted(used_local["site"].astype(str).unique()), len(used_local))
-    dev_main = model.deviations(pat, threshold=thr, tail=tail)
+    dev_main = _known_sites(lambda: model.deviations(pat, threshold=thr, tail=tail), "patients",
+                            cfg)
     dev_both = model.deviations(pat, threshold=thr, tail="both")
     for d in (dev_main, dev_both):
         if "scan_date" in pat.columns:
@@ -107,7 +126,8 @@ def stage_normative(cfg: Mapping, ctx: dict) -> dict:
             log.info("controls: %d used for adaptation removed from the matching pool",
                      int((~mask).sum()))
             ctrl = ctrl.loc[mask]
-        dc = model.deviations(ctrl, threshold=thr, tail=tail)
+        dc = _known_sites(lambda: model.deviations(ctrl, threshold=thr, tail=tail),
+                          "controls", cfg)
         for c in ("age", "sex", "site", "icv"):
             dc[c] = ctrl[c].to_numpy()
         tables["deviations_controls"] = dc

@@ -229,7 +229,7 @@ def _new_sites_hint(func, args):
     try:
         return func()
     except UnknownSiteError as exc:
-        msg = _one_line(exc).split(" Adapt the model")[0]
+        msg = _one_line(exc).split(" Adapt the model")[0].rstrip(" .") + "."
         raise UnknownSiteError(
             f"{msg} Adapt the model to them first: `normfuse normative adapt {args.model} "
             "LOCAL_CONTROLS.csv --out ADAPTED/` (a few healthy controls per new site, never "

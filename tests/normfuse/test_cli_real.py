@@ -158,3 +158,86 @@ def test_config_sex_codes_checked_and_named():
     assert cfg["reference"]["sex_codes"] == ["0=F", "1=M"]
     with pytest.raises(ConfigError, match=r"\[reference\] sex_codes .* must be F or M"):
         parse_config({**base, "reference": {"tables": ["r.csv"], "sex_codes": ["0=female", "1=X"]}})
+
+
+# ----------------------------------------------------------------- normfuse run, broken inputs
+@pytest.fixture
+def study(fcon, tmp_path):
+    """A small study: simulated patients and clinical data, FCON1000 as the reference."""
+    from normfuse.synthetic import simulate_cohort, write_cohort
+
+    data = tmp_path / "data"
+    write_cohort(simulate_cohort(n_patients=12, n_controls_reference=50, n_matched_controls=40,
+                                 n_patient_sites=2, seed=3), data, overwrite=True)
+    text = f"""
+[patients]
+subjects_dir = "data/subjects"
+demographics = "data/participants.tsv"
+atlases = ["aseg"]
+[reference]
+tables = ["{fcon}"]
+sex_codes = ["0=F", "1=M"]
+[adaptation]
+tables = ["data/matched_controls_aseg.txt"]
+demographics = "data/matched_controls.tsv"
+n_per_site = 10
+[clinical]
+source = "data/ehr.duckdb"
+"""
+    return tmp_path, data, text
+
+
+def _run(tmp_path, text, capsys):
+    (tmp_path / "study.toml").write_text(text)
+    rc = main(["-q", "run", str(tmp_path / "study.toml"), "--out", str(tmp_path / "out"),
+               "--until", "normative", "--force"])
+    return rc, capsys.readouterr().err
+
+
+def test_run_with_fcon1000_reference_scores_patients(study, capsys):
+    """The study runs to deviations with FCON1000 (FS6 names, 0/1 sex) as the reference."""
+    tmp_path, _, text = study
+    rc, err = _run(tmp_path, text, capsys)
+    assert rc == 0, err
+    cc = pd.read_csv(tmp_path / "out" / "tables" / "critical_counts.csv")
+    held = cc.loc[cc["group"] == "held-out reference controls"]
+    # 20 % of 1078 held out with seed 0; 22 regions, lower tail: 0.025 * 22 = 0.55 expected
+    assert 150 < int(held["n"].iloc[0]) < 280
+    assert 0.3 < float(held["mean_n_crit"].iloc[0]) < 0.8
+
+
+def test_run_missing_file_names_the_config_key(study, capsys):
+    """A misspelt path names the file and the [section] key that set it."""
+    tmp_path, _, text = study
+    rc, err = _run(tmp_path, text.replace("matched_controls.tsv", "matched_control.tsv"), capsys)
+    assert rc == 2 and "matched_control.tsv" in err and "[adaptation] demographics" in err
+
+
+def test_run_wrong_column_name_suggests_rename(study, capsys):
+    """'Age' instead of 'age' in participants.tsv: the file, the column and the rename."""
+    tmp_path, data, text = study
+    d = pd.read_csv(data / "participants.tsv", sep="\t").rename(columns={"age": "Age"})
+    d.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    rc, err = _run(tmp_path, text.replace("data/participants.tsv", "p.tsv"), capsys)
+    assert rc == 2 and "p.tsv" in err and "'Age' -> 'age'" in err
+
+
+def test_run_day_first_dates_refused_with_value(study, capsys):
+    """scan_date as dd/mm/yyyy stops with the value and the YYYY-MM-DD fix (no silent swap)."""
+    tmp_path, data, text = study
+    d = pd.read_csv(data / "participants.tsv", sep="\t")
+    first = pd.to_datetime(d["scan_date"]).dt.strftime("%d/%m/%Y")
+    d["scan_date"] = first
+    d.to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    rc, err = _run(tmp_path, text.replace("data/participants.tsv", "p.tsv"), capsys)
+    assert rc == 2 and "p.tsv" in err and "'scan_date'" in err and "YYYY-MM-DD" in err
+    assert repr(first.iloc[0]) in err
+
+
+def test_run_site_without_controls_says_add_adaptation(study, capsys):
+    """Patients' sites with no controls anywhere: names the sites and the [adaptation] fix."""
+    tmp_path, _, text = study
+    text = text.split("[adaptation]")[0] + "[clinical]" + text.split("[clinical]")[1]
+    rc, err = _run(tmp_path, text, capsys)
+    assert rc == 2 and "[patients]" in err and "site01" in err and "[adaptation]" in err
+    assert "model.adapt(" not in err
