@@ -368,9 +368,20 @@ def _clinical(cfg: Mapping) -> dict[str, pd.DataFrame | None]:
                 out[kind] = df
         finally:
             omop.close()
+    from normfuse.errors import ColumnContractError
+
     for kind in ("visits", "events", "encounters", "notes"):
         if c[kind]:
-            out[kind] = read_table(_need(c[kind], f"[clinical] {kind}"), kind)
+            path = _need(c[kind], f"[clinical] {kind}")
+            try:
+                out[kind] = read_table(path, kind)
+            except ColumnContractError as exc:
+                # the reader's hint is for Python (rename=); on the command line the file is
+                # what the user can change
+                msg = " ".join(str(exc).split()).split(" Pass rename=")[0].rstrip(" .")
+                raise InputFormatError(f"[clinical] {kind}: {msg}. Rename those columns in the "
+                                       "file (names are lower case, see README 'Your own "
+                                       "study').", path=path) from exc
     return out
 
 

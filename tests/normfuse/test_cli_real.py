@@ -241,3 +241,17 @@ def test_run_site_without_controls_says_add_adaptation(study, capsys):
     rc, err = _run(tmp_path, text, capsys)
     assert rc == 2 and "[patients]" in err and "site01" in err and "[adaptation]" in err
     assert "model.adapt(" not in err
+
+
+def test_run_visits_column_misnamed_names_file_and_key(study, capsys):
+    """visits.csv with 'EDSS': the message names the file, [clinical] visits and the rename."""
+    tmp_path, data, text = study
+    d = pd.read_csv(data / "exports" / "visits.csv").rename(columns={"edss": "EDSS"})
+    d.to_csv(tmp_path / "v.csv", index=False)
+    text = text.replace('source = "data/ehr.duckdb"', 'visits = "v.csv"')
+    (tmp_path / "study.toml").write_text(text)
+    rc = main(["-q", "run", str(tmp_path / "study.toml"), "--out", str(tmp_path / "out"),
+               "--until", "features", "--force"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "v.csv" in err and "[clinical] visits" in err and "'edss'" in err
+    assert "rename=" not in err
