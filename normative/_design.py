@@ -105,7 +105,8 @@ class DesignSpec:
                 f"{who}: site(s) {unknown[:10]} were neither in the reference fit nor adapted "
                 f"({int((codes < 0).sum())} rows). Known sites: {(self.sites + self.extra_sites)[:10]}"
                 f"{' ...' if len(self.sites) > 10 else ''}. Adapt the model with a few local "
-                "healthy controls from each new site: model = model.adapt(local_controls)."
+                "healthy controls from each new site: model = model.adapt(local_controls).",
+                sites=unknown, n_rows=int((codes < 0).sum()), known=self.sites + self.extra_sites,
             )
         return codes
 

@@ -372,7 +372,8 @@ class BrainchartsModel:
                 f"on nor was adapted to: {names[:10]}{' ...' if len(names) > 10 else ''}.\n"
                 f"Adapt the model to them with model.adapt(local_controls), using ~20 healthy "
                 "controls per new site scanned with the same protocol. The training sites are "
-                f"in BRAINCHARTS_82_SITES (e.g. {self.sites_[:3]}).")
+                f"in BRAINCHARTS_82_SITES (e.g. {self.sites_[:3]}).",
+                sites=names, n_rows=int(unknown.sum()), known=self.sites_)
         return np.where(unknown, -1, codes.fillna(-1).to_numpy(dtype=float)).astype(np.int64)
 
     def _covariates(self, df, who):

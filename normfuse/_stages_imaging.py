@@ -37,15 +37,18 @@ def _known_sites(func, who: str, cfg: Mapping):
     try:
         return func()
     except UnknownSiteError as exc:
-        head = " ".join(str(exc).split()).split(" Adapt the model")[0]
-        head = head.replace("NormativeModel.transform: ", "").rstrip(" .")
+        if not exc.sites:       # raised without the structured details: keep its own words
+            raise
+        head = (f"site(s) {exc.sites[:10]} ({exc.n_rows} scans) were neither in the reference "
+                "fit nor adapted")
         excl = cfg["reference"]["exclude_sites"]
         why = (f" ([reference] exclude_sites leaves out {excl})" if excl else "")
         raise UnknownSiteError(
             f"[{who}] {head}{why}. The normative model needs healthy controls from every "
             "site it scores: add an [adaptation] section with tables and demographics of "
             "local controls from those sites (n_per_site = 20 or more), or put that site's "
-            "controls in [reference] tables.") from exc
+            "controls in [reference] tables.", sites=exc.sites, n_rows=exc.n_rows,
+            known=exc.known) from exc
 
 
 def stage_normative(cfg: Mapping, ctx: dict) -> dict:

@@ -229,11 +229,17 @@ def _new_sites_hint(func, args):
     try:
         return func()
     except UnknownSiteError as exc:
-        msg = _one_line(exc).split(" Adapt the model")[0].rstrip(" .") + "."
+        if not exc.sites:       # raised without the structured details: keep its own words
+            raise
+        known = f" (the model knows {exc.known[:10]}{' ...' if len(exc.known) > 10 else ''})" \
+            if exc.known else ""
         raise UnknownSiteError(
-            f"{msg} Adapt the model to them first: `normfuse normative adapt {args.model} "
+            f"{exc.n_rows} rows come from site(s) {exc.sites[:10]} that {args.model} was neither "
+            f"fitted on nor adapted to{known}. Adapt the model to them first: "
+            f"`normfuse normative adapt {args.model} "
             "LOCAL_CONTROLS.csv --out ADAPTED/` (a few healthy controls per new site, never "
-            "the ones you score), then pass ADAPTED/ here.") from exc
+            "the ones you score), then pass ADAPTED/ here.", sites=exc.sites, n_rows=exc.n_rows,
+            known=exc.known) from exc
 
 
 def cmd_norm_score(args) -> int:

@@ -59,7 +59,17 @@ class SchemaError(NormfuseError, ValueError):
 
 
 class UnknownSiteError(NormfuseError, ValueError):
-    """Data from a site the model was neither fitted on nor adapted to."""
+    """Data from a site the model was neither fitted on nor adapted to.
+
+    ``sites`` (the unknown site names), ``n_rows`` (rows from them) and ``known`` (the
+    model's sites) let callers such as the command line word their own fix.
+    """
+
+    def __init__(self, message: str, *, sites=(), n_rows: int | None = None, known=()):
+        super().__init__(message)
+        self.sites = list(sites)
+        self.n_rows = n_rows
+        self.known = list(known)
 
 
 class VolumeKindError(NormfuseError, ValueError):

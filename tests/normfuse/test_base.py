@@ -176,3 +176,20 @@ def test_stage_imports_are_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_unknown_site_error_carries_the_sites():
+    """UnknownSiteError from a model names the unknown sites, their row count and the known ones."""
+    from normative.model import NormativeModel
+    from normative.simulate import simulate_controls
+    from normfuse.errors import UnknownSiteError
+
+    df = simulate_controls(300, 2, n_sites=3, seed=0)
+    regions = [c for c in df.columns if c.startswith("region_")]
+    nm = NormativeModel(regions).fit(df)
+    new = df.iloc[:7].assign(site="Oslo")
+    with pytest.raises(UnknownSiteError, match="Oslo") as info:
+        nm.transform(new)
+    assert info.value.sites == ["Oslo"] and info.value.n_rows == 7
+    assert sorted(info.value.known) == sorted(df["site"].astype(str).unique())
+    assert UnknownSiteError("plain").sites == []
