@@ -22,6 +22,9 @@ from normfuse.checks import get_logger
 from normfuse.errors import DataDroppedWarning, InputFormatError
 
 _TZ_RE = r"(?:Z|[+-]\d{2}:?\d{2})\s*$"
+# all-numeric dates with the year last (03/04/2021, 3.4.21): day-first in most of the
+# world, month-first in the US; parsing them either way would silently misplace events
+_AMBIGUOUS_DATE_RE = r"^\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}\b"
 
 log = get_logger("features")
 
@@ -60,6 +63,17 @@ def to_naive_datetime(col: pd.Series, who: str, name: str) -> pd.Series:
         out = pd.to_datetime(s, errors="coerce", format="ISO8601", utc=utc)
         retry = out.isna().to_numpy() & present
         if retry.any():
+            amb = s.str.match(_AMBIGUOUS_DATE_RE).fillna(False).to_numpy(dtype=bool) & retry
+            if amb.any():
+                i = int(np.flatnonzero(amb)[0])
+                raise InputFormatError(
+                    f"{who}: column {name!r} holds {int(amb.sum())} dates written day and month "
+                    f"as numbers with the year last; first at row {col.index[i]!r}: "
+                    f"{col.iloc[i]!r}. Whether that is day/month or month/day cannot be told, "
+                    "and a wrong guess moves events by months. Write dates as ISO 8601 "
+                    "('2021-04-03'), or parse the column yourself, e.g. "
+                    "pd.to_datetime(df[col], dayfirst=True)."
+                )
             alt = pd.to_datetime(s[retry], errors="coerce", format="mixed", utc=utc)
             out = out.copy()
             out.loc[retry] = alt

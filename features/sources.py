@@ -82,6 +82,7 @@ def read_table(
     ``text`` are kept as strings so that ``"<5"`` survives for :func:`parse_values`.
     """
     who = f"read_table({kind!r})"
+    path = None
     if kind not in _REQUIRED:
         raise ValueError(f"{who}: unknown kind; expected one of {sorted(_REQUIRED)}.")
     if hasattr(source, "execute") and not isinstance(source, (str, Path)):
@@ -118,7 +119,12 @@ def read_table(
     require_columns(df, _REQUIRED[kind], who, hint="Pass rename={'their_name': 'our_name'}.")
     for c in _TIME_COLS[kind]:
         if c in df.columns:
-            df[c] = to_naive_datetime(df[c], who, c)
+            try:
+                df[c] = to_naive_datetime(df[c], who, c)
+            except InputFormatError as exc:
+                if path is None or getattr(exc, "path", None) is not None:
+                    raise
+                raise InputFormatError(str(exc), path=path) from exc
     return df
 
 

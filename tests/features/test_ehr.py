@@ -132,6 +132,13 @@ def test_bad_inputs_rejected_with_clear_messages():
     ev = pd.DataFrame({**base, "table": "lab", "time": ["2020-01-01 00:00", "yesterday"]})
     with pytest.raises(InputFormatError, match="row 1: 'yesterday'"):
         make_windows(ev)
+    # 03/04/2020 is 3 April or 4 March: refused, never guessed
+    ev = pd.DataFrame({**base, "table": "lab", "time": ["2020-01-01 00:00", "03/04/2020 08:00"]})
+    with pytest.raises(InputFormatError, match=r"row 1: '03/04/2020 08:00'.*dayfirst=True"):
+        make_windows(ev)
+    # unambiguous non-ISO spellings are still read
+    ev = pd.DataFrame({**base, "table": "lab", "time": ["2020-01-01 00:00", "4 March 2020"]})
+    assert len(make_windows(ev)) >= 1
     ev = pd.DataFrame({**base, "table": "lab", "patient_id": ["A", "B"],
                        "time": pd.to_datetime(["2020-01-01", "2020-01-02"])})
     with pytest.raises(ColumnContractError, match="encounter_id 'e' holds events of several patients"):

@@ -291,3 +291,16 @@ def test_omop_persons_postgres_returns_planted_rows(postgres_url):
     with pytest.raises(ColumnContractError, match=r"Missing: \['race_concept_id'\]"):
         pg.persons(["race_concept_id"])
     eng.dispose()
+
+
+def test_read_table_refuses_ambiguous_dates_naming_the_file(tmp_path):
+    """visit_date 03/04/2020 (day or month first?) is refused with the file, row and value."""
+    p = tmp_path / "visits.csv"
+    pd.DataFrame({"patient_id": ["A", "A"], "visit_date": ["2020-01-15", "03/04/2020"],
+                  "edss": [2.0, 2.5], "relapse": [0, 0]}).to_csv(p, index=False)
+    with pytest.raises(InputFormatError, match=r"visits\.csv: .*row 1: '03/04/2020'") as info:
+        read_table(p, "visits")
+    assert info.value.path == p
+    pd.DataFrame({"patient_id": ["A", "A"], "visit_date": ["2020-01-15", "2020-04-03"],
+                  "edss": [2.0, 2.5], "relapse": [0, 0]}).to_csv(p, index=False)
+    assert read_table(p, "visits")["visit_date"].iloc[1] == pd.Timestamp("2020-04-03")
