@@ -376,12 +376,18 @@ def _clinical(cfg: Mapping) -> dict[str, pd.DataFrame | None]:
             try:
                 out[kind] = read_table(path, kind)
             except ColumnContractError as exc:
+                if not exc.missing:
+                    raise
                 # the reader's hint is for Python (rename=); on the command line the file is
                 # what the user can change
-                msg = " ".join(str(exc).split()).split(" Pass rename=")[0].rstrip(" .")
-                raise InputFormatError(f"[clinical] {kind}: {msg}. Rename those columns in the "
-                                       "file (names are lower case, see README 'Your own "
-                                       "study').", path=path) from exc
+                low = {p.lower(): p for p in exc.present}
+                near = [f"{low[m.lower()]!r} -> {m!r}" for m in exc.missing if m.lower() in low]
+                raise InputFormatError(
+                    f"[clinical] {kind}: required columns are missing. Missing: {exc.missing}; "
+                    f"present: {exc.present[:20]}. Rename "
+                    + (", ".join(near) if near else "those columns")
+                    + " in the file (names are lower case, see README 'Your own study').",
+                    path=path) from exc
     return out
 
 

@@ -65,7 +65,7 @@ def require_columns(df, columns: Sequence[str], who: str, hint: str | None = Non
         )
         if hint:
             msg += "\n" + hint
-        raise ColumnContractError(msg)
+        raise ColumnContractError(msg, missing=missing, present=list(map(str, df.columns)))
 
 
 def check_columns_match(seen: Sequence[str], got: Sequence[str], who: str) -> None:

@@ -36,7 +36,16 @@ class NotFittedError(NormfuseError, ValueError, AttributeError):
 
 
 class ColumnContractError(NormfuseError, ValueError):
-    """A DataFrame lacks required columns or has columns that do not match ``fit``."""
+    """A DataFrame lacks required columns or has columns that do not match ``fit``.
+
+    ``missing`` and ``present`` (column names) are filled by ``checks.require_columns`` so
+    callers can word their own fix.
+    """
+
+    def __init__(self, message: str, *, missing=(), present=()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.present = list(present)
 
 
 class InputFormatError(NormfuseError, ValueError):

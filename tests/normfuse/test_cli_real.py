@@ -253,5 +253,5 @@ def test_run_visits_column_misnamed_names_file_and_key(study, capsys):
     rc = main(["-q", "run", str(tmp_path / "study.toml"), "--out", str(tmp_path / "out"),
                "--until", "features", "--force"])
     err = capsys.readouterr().err
-    assert rc == 2 and "v.csv" in err and "[clinical] visits" in err and "'edss'" in err
+    assert rc == 2 and "v.csv" in err and "[clinical] visits" in err and "'EDSS' -> 'edss'" in err
     assert "rename=" not in err
