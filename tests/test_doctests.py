@@ -76,3 +76,35 @@ def test_every_package_has_running_examples():
                 n += sum(sum(1 for ex in t.examples if not ex.options.get(doctest.SKIP))
                          for t in _examples(module))
         assert n >= 3, f"{pkg}: only {n} runnable docstring examples"
+
+
+# Examples marked +SKIP because they read real files: run here against ../shared/data.
+REAL_FILE_EXAMPLES = [
+    ("normative.freesurfer", "read_stats"),
+    ("normative.freesurfer", "read_aseg_stats"),
+    ("normative.freesurfer", "read_aparc_stats"),
+    ("normative.freesurfer", "read_brainvol_stats"),
+    ("normative.freesurfer", "read_aseg_mgz"),
+    ("normative.freesurfer", "read_stats_table"),
+    ("analyses.mixed", "fit_mixed"),
+]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("module_name, func", REAL_FILE_EXAMPLES, ids=lambda v: v)
+def test_real_file_examples(module_name, func, fs_data, references, tmp_path, monkeypatch):
+    """The skipped examples on FreeSurfer's bert and lme4's sleepstudy give the printed values."""
+    import pandas as pd
+
+    (tmp_path / "bert").symlink_to(fs_data / "bert_fs7.2", target_is_directory=True)
+    (tmp_path / "aseg_stats.txt").symlink_to(fs_data / "tables_fs7_long" / "aseg_stats.txt")
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(module_name)
+    globs = dict(vars(module), sleepstudy=pd.read_csv(references / "lme4_sleepstudy.csv"))
+    doc = getattr(module, func).__doc__.replace("# doctest: +SKIP", "")
+    test = doctest.DocTestParser().get_doctest(doc, globs, f"{module_name}.{func}", None, 0)
+    assert test.examples, f"{module_name}.{func} has no examples"
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    out = io.StringIO()
+    runner.run(test, out=out.write)
+    assert runner.summarize(verbose=False).failed == 0, out.getvalue()
