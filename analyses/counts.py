@@ -195,7 +195,7 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
     >>> import pandas as pd
     >>> d = pd.DataFrame({"y": [0, 1, 2, 4, 3, 6], "g": ["c", "c", "c", "p", "p", "p"]})
     >>> res = fit_counts("y ~ g", d)
-    >>> round(res.params.loc["g[T.p]", "irr"], 4)   # 13 / 3
+    >>> round(float(res.params.loc["g[T.p]", "irr"]), 4)   # 13 / 3
     4.3333
     """
     import statsmodels.api as sm

@@ -286,7 +286,7 @@ def cohort_table(data: pd.DataFrame, group: str | None = None,
     Examples
     --------
     >>> d = pd.DataFrame({"age": [30.0, 40.0, 50.0], "sex": ["F", "F", "M"]})
-    >>> cohort_table(d).loc[("sex", "F: percent"), "all"].round(1)
+    >>> float(cohort_table(d).loc[("sex", "F: percent"), "all"].round(1))
     66.7
     """
     if not isinstance(data, pd.DataFrame):

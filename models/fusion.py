@@ -344,11 +344,22 @@ class FusionClassifier(BaseEstimator):
 
     Examples
     --------
+    400 simulated patients whose outcome depends on 5 deviation features only (every other
+    modality is noise); fit on 300, held-out AUROC on the other 100:
+
+    >>> import numpy as np
+    >>> from sklearn.metrics import roc_auc_score
     >>> from models.fusion_data import simulate_fusion_data
-    >>> data, y = simulate_fusion_data(120, random_state=1)
-    >>> clf = FusionClassifier("concat", epochs=5, device="cpu").fit(data, y)
-    >>> clf.predict_proba(data).shape
-    (120, 2)
+    >>> data, y = simulate_fusion_data(400, effect=3.0, n_dev=12, n_txt=8, n_demo=3, tables=("lab",),
+    ...                                n_steps=8, n_vars=4, random_state=0)
+    >>> train, test = np.arange(300), np.arange(300, 400)
+    >>> clf = FusionClassifier("concat", embed_dim=16, epochs=40, lr=3e-3, device="cpu")
+    >>> clf = clf.fit(data.subset(train), y[train])
+    >>> p = clf.predict_proba(data.subset(test))
+    >>> p.shape
+    (100, 2)
+    >>> round(float(roc_auc_score(y[test], p[:, 1])), 1)
+    0.9
     """
 
     def __init__(self, strategy: Strategy = "lstm", *, embed_dim: int = 32, epochs: int = 100,

@@ -183,8 +183,21 @@ def collect_subjects_dir(
 
     Examples
     --------
-    >>> vols = collect_subjects_dir("/data/subjects", atlases=("aseg", "aparc"))  # doctest: +SKIP
-    >>> vols[["subject_id", "icv", "Left-Thalamus", "lh_superiorfrontal_volume"]].head()  # doctest: +SKIP
+    A simulated SUBJECTS_DIR (three patients, four scans) read back; the volumes are the
+    ones the simulator wrote:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from normfuse.synthetic import simulate_cohort, write_cohort
+    >>> cohort = simulate_cohort(n_patients=3, n_controls_reference=20, seed=0, ehr=False, notes=False)
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> paths = write_cohort(cohort, Path(tmp.name) / "demo", duckdb_file=False, exports=())
+    >>> vols = collect_subjects_dir(paths["subjects"], atlases=("aseg", "aparc"))
+    >>> vols["subject_id"].tolist()                  # one row per <subject>_<session> folder
+    ['sub-MS0001_ses-01', 'sub-MS0002_ses-01', 'sub-MS0002_ses-02', 'sub-MS0003_ses-01']
+    >>> vols["Left-Thalamus"].round(1).tolist()
+    [5721.3, 6400.9, 6401.8, 7360.0]
+    >>> tmp.cleanup()
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors={errors!r}; expected 'raise' or 'skip'.")

@@ -18,6 +18,27 @@ Region columns
 ``volume_kind`` is ``pv_corrected`` for .stats-derived values, ``voxel_count`` for volumes
 counted in ``aseg.mgz`` and ``soft`` for SynthSeg's posterior-based volumes; the normative
 model refuses mixed kinds (:func:`require_single_volume_kind`).
+
+Examples
+--------
+Files written by the simulator in FreeSurfer's formats, read back (the function
+docstrings show the same calls on FreeSurfer's ``bert`` subject):
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> from normfuse.synthetic import simulate_cohort, write_cohort
+>>> cohort = simulate_cohort(n_patients=3, n_controls_reference=20, seed=0, ehr=False, notes=False)
+>>> tmp = tempfile.TemporaryDirectory()
+>>> paths = write_cohort(cohort, Path(tmp.name) / "demo", duckdb_file=False, exports=())
+>>> v = read_aseg_stats(paths["subjects"] / "sub-MS0002_ses-02" / "stats" / "aseg.stats")
+>>> v.loc[0, "subject_id"], float(v.loc[0, "Left-Thalamus"]), v.loc[0, "volume_kind"]
+('sub-MS0002_ses-02', 6401.8, 'pv_corrected')
+>>> round(float(v.loc[0, "icv"]))          # eTIV, mm^3
+1501014
+>>> t = read_stats_table(paths["reference_controls_aseg.txt"])   # asegstats2table output
+>>> len(t), t.loc[0, "subject_id"], float(t.loc[0, "Left-Thalamus"])
+(20, 'sub-RC0001', 8829.3)
+>>> tmp.cleanup()
 """
 from __future__ import annotations
 
@@ -139,7 +160,7 @@ def read_stats(path: str | Path) -> StatsFile:
     >>> sf = read_stats("bert/stats/aseg.stats")                     # doctest: +SKIP
     >>> sf.measures["eTIV"].value                                    # doctest: +SKIP
     1520021.264474
-    >>> sf.table.set_index("StructName").loc["Left-Thalamus", "NVoxels"]  # doctest: +SKIP
+    >>> int(sf.table.set_index("StructName").loc["Left-Thalamus", "NVoxels"])  # doctest: +SKIP
     8431
     """
     path = Path(path)
@@ -194,7 +215,7 @@ def read_aseg_stats(path: str | Path, *, subject_id: str | None = None,
     Examples
     --------
     >>> v = read_aseg_stats("bert/stats/aseg.stats")                 # doctest: +SKIP
-    >>> v.loc[0, ["Left-Thalamus", "icv"]].tolist()                  # doctest: +SKIP
+    >>> v.loc[0, ["Left-Thalamus", "icv"]].astype(float).tolist()    # doctest: +SKIP
     [8066.3, 1520021.264474]
     """
     path = Path(path)
@@ -249,7 +270,7 @@ def read_brainvol_stats(path: str | Path, *, subject_id: str | None = None,
 
     Examples
     --------
-    >>> read_brainvol_stats("bert/stats/brainvol.stats").loc[0, "BrainSegVol"]  # doctest: +SKIP
+    >>> float(read_brainvol_stats("bert/stats/brainvol.stats").loc[0, "BrainSegVol"])  # doctest: +SKIP
     1218061.0
     """
     path = Path(path)

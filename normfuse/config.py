@@ -12,10 +12,18 @@ invalid choice raises :class:`ConfigError` with one line such as::
 
 Examples
 --------
->>> cfg = parse_config({"study": {"name": "x"}, "patients": {"subjects_dir": "subjects"}},
-...                    base_dir=".")
->>> cfg["normative"]["tail"], cfg["normative"]["threshold"]
-('lower', 1.96)
+A minimal study names the patients' scans, a reference (here a saved model) and a clinical
+source; every other key takes its default, and relative paths resolve against ``base_dir``:
+
+>>> study = {"study": {"name": "x"}, "patients": {"subjects_dir": "subjects"},
+...          "reference": {"model": "ref_model"}, "clinical": {"source": "cdm.duckdb"}}
+>>> cfg = parse_config(study, base_dir="/study")
+>>> cfg["normative"]["tail"], cfg["normative"]["threshold"], cfg["reference"]["model"]
+('lower', 1.96, '/study/ref_model')
+>>> parse_config({**study, "normative": {"tail": "low"}}, base_dir="/study")
+Traceback (most recent call last):
+    ...
+normfuse.config.ConfigError: config: [normative] tail = 'low' is not one of 'lower', 'upper', 'both'; fix the value. Did you mean 'lower'?
 """
 from __future__ import annotations
 
