@@ -5,7 +5,9 @@ Private: the public names live in :mod:`normfuse.pipeline`.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -253,7 +255,8 @@ def _split_session_folders(vols: pd.DataFrame) -> pd.DataFrame:
 
 def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
                  atlases: Sequence[str] = ("aseg", "aparc"), what: str = "volumes",
-                 sex_codes=None) -> pd.DataFrame:
+                 sex_codes=None, join: Sequence[str] = (),
+                 where: Sequence[str] = ()) -> pd.DataFrame:
     """Read a volumes table from a SUBJECTS_DIR or from volume tables, with demographics.
 
     Parameters
@@ -270,6 +273,12 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
     what : name of these volumes in messages (e.g. ``"reference"``).
     sex_codes : how numeric ``sex`` values read, e.g. ``["0=F", "1=M"]`` or ``{0: "F"}``
         (FCON1000/PCNtoolkit coding); without it numeric codes are refused.
+    join : extra tables (e.g. FCON1000's ``fcon1000_split_seed42.csv``) whose columns are
+        added by ``subject_id`` (``sub_id``/``participant_id`` read as ``subject_id``; also by
+        ``session_id`` when both sides have it), after the demographics. Every scan needs a
+        row there; columns the volumes already have are kept from the volumes.
+    where : row selections, all of which must hold, applied last (after demographics and
+        ``join``, so their columns can be used); see :func:`select_rows` for the grammar.
 
     Plain tables (``.csv``/``.tsv``/``.parquet``) and demographics are harmonised:
     ``participant_id``/``sub_id`` are read as ``subject_id``, FreeSurfer 5/6 region names
@@ -283,11 +292,14 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
 
     Raises
     ------
-    InputFormatError : a path is missing, of the wrong kind, or unreadable.
+    InputFormatError : a path is missing, of the wrong kind, or unreadable; a ``join``
+        table misses scans; a ``where`` expression is malformed, names an unknown column,
+        or leaves no rows.
     """
     from normative.freesurfer import attach_demographics, collect_subjects_dir, read_stats_table
 
     codes = parse_sex_codes(sex_codes)
+    filters = [parse_where(e) for e in (where or ())]   # malformed: refused before reading
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise InputFormatError(f"no {what} given; set the tables or subjects_dir key.")
@@ -339,7 +351,217 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
             got = left.merge(sd, on=keys, how="left")
             vols = vols.copy()
             vols["scan_date"] = _iso_dates(got["scan_date"], dpath, what)
+    for jp in join or ():
+        vols = join_table(vols, jp, what=what)
+    if filters:
+        src = ", ".join(str(x) for x in [*paths, *([demographics] if demographics else []),
+                                           *(join or ())])
+        vols = select_rows(vols, filters, source=src)
     return vols
+
+
+def join_table(vols: pd.DataFrame, path: str | Path, *, what: str = "volumes") -> pd.DataFrame:
+    """Add the columns of the table at ``path`` to ``vols``, matched on ``subject_id``.
+
+    ``sub_id``/``participant_id`` are read as ``subject_id``; ``session_id`` is matched too
+    when both tables have it. Columns ``vols`` already has are kept from ``vols`` (logged).
+    ``vols`` is not changed; the result keeps its index and row order.
+
+    Raises
+    ------
+    InputFormatError : the table has no id column, repeats an id, or lacks some scans
+        (how many, with examples).
+    """
+    jpath = _need(str(path), f"{what} join table")
+    tab = _rename_id(_read_plain_table(jpath, f"{what} join table"), jpath, what)
+    if "subject_id" not in tab.columns:
+        raise InputFormatError(
+            f"{what} join table has no subject_id column (columns: "
+            f"{list(map(str, tab.columns))[:10]}); name the id column subject_id (or sub_id, "
+            "participant_id).", path=jpath)
+    keys = ["subject_id"]
+    if ("session_id" in tab.columns and "session_id" in vols.columns
+            and vols["session_id"].notna().any()):
+        keys.append("session_id")
+
+    def key_text(df):
+        parts = [[_code(v) for v in df[k].tolist()] for k in keys]
+        return ["\x1f".join("" if x is None else x for x in t) for t in zip(*parts, strict=True)]
+
+    jk = pd.Index(key_text(tab))
+    if jk.has_duplicates:
+        dup = jk[jk.duplicated()].unique().tolist()
+        raise InputFormatError(
+            f"{what} join table repeats {len(dup)} id(s) in {' and '.join(keys)} (e.g. "
+            f"{[d.replace(chr(31), ' ') for d in dup[:5]]}); give one row per scan.", path=jpath)
+    vk = key_text(vols)
+    pos = jk.get_indexer(vk)
+    miss = pos < 0
+    if miss.any():
+        ex = [vk[i].replace("\x1f", " ") for i in np.flatnonzero(miss)[:5]]
+        raise InputFormatError(
+            f"{what} join table: {int(miss.sum())} of {len(vk)} scans have no row here (matched "
+            f"on {' and '.join(keys)}); e.g. {ex}{' ...' if miss.sum() > 5 else ''}, this table: "
+            f"{jk[:5].tolist()}. Give every scan a row (ids spelled alike in both tables), and "
+            "select rows with --where after joining.", path=jpath)
+    both = [c for c in tab.columns if c in vols.columns and c not in keys]
+    if both:
+        log.info("%s: %s: columns %s are already present; the volumes' values are kept",
+                 what, jpath.name, both[:10])
+    new = [c for c in tab.columns if c not in vols.columns]
+    add = tab[new].iloc[pos].set_axis(vols.index)
+    log.info("%s: %s joined: %d column(s) %s", what, jpath.name, len(new), new[:10])
+    return pd.concat([vols, add], axis=1)
+
+
+_OPS = ("!=", "<=", ">=", "=", "<", ">")
+_WHERE_RE = re.compile(r"^\s*(?P<col>[^=!<>]*?)\s*(?P<op>!=|<=|>=|=|<|>)\s*(?P<val>.*?)\s*$",
+                       re.DOTALL)
+_GRAMMAR = ("write COLUMN=VALUE, COLUMN!=VALUE, COLUMN=V1,V2 (any of) or COLUMN<NUMBER "
+            "(also <=, >, >=), e.g. group=Control, site=Oulu,Leiden, 'age>=18' (quote it in "
+            "the shell)")
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """One parsed ``--where`` expression: ``column op values`` (``number`` for <, <=, >, >=)."""
+
+    expr: str
+    column: str
+    op: str
+    values: tuple[str, ...]
+    number: float | None = None
+
+
+def parse_where(expr: str | RowFilter) -> RowFilter:
+    """Parse one row selection: ``column=value``, ``column!=value``, ``column=v1,v2``
+    (any of; ``!=v1,v2``: none of), ``column<number``, ``<=``, ``>``, ``>=``.
+
+    Raises
+    ------
+    InputFormatError : the expression is malformed, or an inequality's value is not a number.
+    """
+    if isinstance(expr, RowFilter):
+        return expr
+    text = str(expr)
+    m = _WHERE_RE.match(text)
+    bad = None
+    if m is None or not m["col"]:
+        bad = "no COLUMN before the operator" if m else "no operator (=, !=, <, <=, >, >=)"
+    elif not m["val"]:
+        bad = f"no value after {m['op']!r}"
+    elif m["val"][0] in "=!<>":
+        bad = f"{m['op'] + m['val'][0]!r} is not an operator"
+    if bad:
+        raise InputFormatError(f"--where {text!r}: {bad}; {_GRAMMAR}.")
+    col, op, val = m["col"], m["op"], m["val"]
+    if op in ("=", "!="):
+        vals = tuple(v.strip() for v in val.split(","))
+        if not all(vals):
+            raise InputFormatError(f"--where {text!r}: an empty value in the list {val!r}; "
+                                   f"{_GRAMMAR}.")
+        return RowFilter(text, col, op, vals)
+    try:
+        num = float(val)
+    except ValueError:
+        num = float("nan")
+    if num != num:
+        raise InputFormatError(f"--where {text!r}: {op} needs a number, got {val!r}; compare "
+                               f"text with = or != instead ({_GRAMMAR}).")
+    return RowFilter(text, col, op, (val,), num)
+
+
+def _columns_hint(df: pd.DataFrame, n: int = 15) -> str:
+    """The columns a selection most likely names first (text columns, age, sex, site, ...)."""
+    cols = [str(c) for c in df.columns]
+    meta = {"subject_id", "session_id", "age", "sex", "site", "icv", "scan_date"}
+    first = [c for c in cols if c in meta or not pd.api.types.is_float_dtype(df[c].dtype)]
+    order = first + [c for c in cols if c not in set(first)]
+    more = f" ... ({len(cols)} in all)" if len(cols) > n else ""
+    return f"{order[:n]}{more}"
+
+
+def _text_values(s: pd.Series) -> pd.Series:
+    """Cells as text for = / != (numbers as 1, 1.5; missing stays <NA>)."""
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        x = s.to_numpy(dtype=float, na_value=np.nan)
+        whole = np.isfinite(x) & (np.mod(x, 1.0) == 0)
+        txt = np.where(whole, np.char.mod("%d", np.where(whole, x, 0).astype(np.int64)),
+                       x.astype(str)).astype(object)
+        txt[np.isnan(x)] = None
+        return pd.Series(txt, index=s.index, dtype="string")
+    return s.astype("string").str.strip()
+
+
+def _distinct(s: pd.Series, n: int = 10) -> str:
+    u = pd.unique(s.dropna())
+    shown = sorted(map(str, u[:200]))[:n]
+    return f"{shown}{' ...' if len(u) > n else ''}"
+
+
+def select_rows(df: pd.DataFrame, where: Sequence[str | RowFilter], *,
+                source: str = "the table") -> pd.DataFrame:
+    """Rows of ``df`` meeting every expression in ``where`` (see :func:`parse_where`).
+
+    ``=``/``!=`` compare as text (a numeric column's 1.0 reads ``1``), so ``site=Oulu``,
+    ``group=Control``, ``sex=F``; ``<``, ``<=``, ``>``, ``>=`` compare as numbers. A missing
+    cell meets no expression (also not ``!=``). Each expression logs how many rows it kept
+    and dropped. ``df`` is not changed; the result keeps its index and row order.
+
+    Raises
+    ------
+    InputFormatError : an expression is malformed, names an unknown column (with the columns
+        present and a near miss), compares a text column with a number, or leaves no rows.
+    """
+    import difflib
+
+    out = df
+    for f in map(parse_where, where):
+        n0 = len(out)
+        if f.column not in out.columns:
+            cols = [str(c) for c in out.columns]
+            near = [c for c in cols if c.lower() == f.column.lower()] or \
+                difflib.get_close_matches(f.column, cols, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else \
+                "; add it with --join FILE (a table with subject_id and that column)."
+            raise InputFormatError(f"--where {f.expr!r}: no column {f.column!r} in {source} "
+                                   f"(columns: {_columns_hint(out)}){hint}")
+        s = out[f.column]
+        if f.number is None:
+            txt = _text_values(s)
+            hit = txt.isin(list(f.values)).fillna(False).to_numpy(dtype=bool)
+            present = txt.notna().to_numpy(dtype=bool)
+            keep = hit if f.op == "=" else (~hit & present)
+            unmatched = [v for v in f.values if not txt.eq(v).fillna(False).any()]
+            if unmatched and (f.op == "!=" or len(unmatched) < len(f.values)):
+                log.warning("--where %r: value(s) %s match no row; column %r holds %s",
+                            f.expr, unmatched, f.column, _distinct(txt))
+        else:
+            num = pd.to_numeric(s, errors="coerce")
+            bad = num.isna() & s.notna()
+            if bad.any():
+                raise InputFormatError(
+                    f"--where {f.expr!r}: column {f.column!r} in {source} is not numeric (it "
+                    f"holds {s[bad].iloc[0]!r}; values: {_distinct(s.astype('string'))}); "
+                    "compare text with = or !=, e.g. "
+                    f"{f.column}={s[bad].astype('string').iloc[0]}.")
+            x = num.to_numpy(dtype=float, na_value=np.nan)
+            with np.errstate(invalid="ignore"):
+                keep = {"<": x < f.number, "<=": x <= f.number, ">": x > f.number,
+                        ">=": x >= f.number}[f.op]
+            present = ~np.isnan(x)
+        n_missing = int((~present).sum())
+        kept = int(keep.sum())
+        if kept == 0:
+            raise InputFormatError(
+                f"--where {f.expr!r} leaves no rows of {n0} in {source} (column {f.column!r} "
+                f"holds {_distinct(_text_values(s))}"
+                + (f", {n_missing} missing" if n_missing else "")
+                + "); values compare as written, case included.")
+        log.warning("--where %r kept %d of %d rows (dropped %d%s)", f.expr, kept, n0, n0 - kept,
+                    f", {n_missing} with {f.column!r} missing" if n_missing and n0 - kept else "")
+        out = out.loc[keep]
+    return out
 
 
 def _clinical(cfg: Mapping) -> dict[str, pd.DataFrame | None]:

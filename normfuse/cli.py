@@ -5,6 +5,7 @@
     normfuse demo [--out DIR] [--patients N] [--seed S]      simulate a cohort, run everything
     normfuse run study.toml [--out DIR]                       the pipeline on your own data
     normfuse freesurfer collect SUBJECTS_DIR --out vols.parquet [--demographics participants.tsv]
+    (collect and the normative subcommands take --join FILE and --where EXPR, repeatable)
     normfuse normative fit TABLE... --out MODEL [--demographics F]
     normfuse normative adapt MODEL TABLE... --out MODEL2 [--demographics F]
     normfuse normative score MODEL TABLE... --out deviations.parquet [--tail lower]
@@ -81,7 +82,7 @@ def _volumes(args):
     from normfuse.pipeline import read_volumes
 
     return read_volumes(args.tables, args.demographics, what="volumes",
-                        sex_codes=args.sex_codes)
+                        sex_codes=args.sex_codes, join=args.join or (), where=args.where or ())
 
 
 def _load_model(path):
@@ -182,7 +183,8 @@ def cmd_fs_collect(args) -> int:
     args.atlases = args.atlases or ["aseg", "aparc"]
     try:
         vols = read_volumes(args.subjects_dir, args.demographics, atlases=args.atlases,
-                            what="volumes", sex_codes=args.sex_codes)
+                            what="volumes", sex_codes=args.sex_codes, join=args.join or (),
+                            where=args.where or ())
     except InputFormatError as exc:
         # a stats file of one of the atlases asked for is missing: say which option helps
         path = getattr(exc, "path", None)
@@ -273,6 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--sex-codes", nargs="+", metavar="CODE=F|M", default=None,
                         help="meaning of numeric sex values, e.g. 0=F 1=M (FCON1000/"
                         "PCNtoolkit) or 1=M 2=F; F/M and female/male need none")
+        sp.add_argument("--join", action="append", metavar="FILE", default=None,
+                        help="extra table added by subject_id (sub_id/participant_id read as "
+                        "subject_id), e.g. a train/test split file; every scan needs a row; "
+                        "repeatable")
+        sp.add_argument("--where", action="append", metavar="EXPR", default=None,
+                        help="keep rows where EXPR holds (repeatable; all must hold), applied "
+                        "after --demographics and --join: COLUMN=VALUE, COLUMN!=VALUE, "
+                        "COLUMN=V1,V2 (any of) compare text; COLUMN<N, <=, >, >= compare "
+                        "numbers (quote them in the shell: 'age>=18')")
 
     # options given before or after the subcommand both count (SUPPRESS keeps the top value)
     common = opts(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from normfuse._pipeline_inputs import parse_where, select_rows
 from normfuse.cli import main
 from normfuse.config import ConfigError, parse_config
+from normfuse.errors import InputFormatError
 from normfuse.pipeline import read_volumes
 
 SEX01 = ["--sex-codes", "0=F", "1=M"]
@@ -255,3 +257,174 @@ def test_run_visits_column_misnamed_names_file_and_key(study, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "v.csv" in err and "[clinical] visits" in err and "'EDSS' -> 'edss'" in err
     assert "rename=" not in err
+
+
+# ----------------------------------------------------------------- --where and --join
+
+
+def _table(rng):
+    n = 40
+    return pd.DataFrame({
+        "subject_id": [f"s{i:02d}" for i in range(n)],
+        "group": pd.array(rng.choice(["Control", "SZ", "MS"], n).tolist(), dtype=object),
+        "age": np.round(rng.uniform(18, 80, n), 1),
+        "sitenum": rng.integers(1, 4, n),
+        "Left-Thalamus": rng.normal(7000, 500, n),
+    }, index=pd.RangeIndex(100, 100 + n))
+
+
+def test_where_every_operator_matches_a_plain_mask(rng):
+    """Each operator keeps exactly the rows a hand-written mask keeps, in order, index kept."""
+    df = _table(rng)
+    df.loc[df.index[3], "group"] = None
+    df.loc[df.index[5], "age"] = np.nan
+    before = df.copy()
+    g, a, s = df["group"], df["age"], df["sitenum"]
+    cases = {
+        "group=Control": g == "Control",
+        "group!=SZ": (g != "SZ") & g.notna(),           # a missing cell meets no expression
+        "group=Control,MS": g.isin(["Control", "MS"]),
+        "group!=Control,MS": g.notna() & ~g.isin(["Control", "MS"]),
+        "sitenum=2": s == 2,                           # numbers compare as text: 2 reads '2'
+        "sitenum=1,3": s.isin([1, 3]),
+        "age<40": a < 40, "age<=40.5": a <= 40.5, "age>60": a > 60, "age>=60": a >= 60,
+        " age >= 60 ": a >= 60,
+    }
+    for expr, mask in cases.items():
+        got = select_rows(df, [expr])
+        want = df.loc[mask.fillna(False).to_numpy(dtype=bool)]
+        pd.testing.assert_frame_equal(got, want, obj=expr)
+    both = select_rows(df, ["group=Control", "age<50"])       # all must hold
+    pd.testing.assert_frame_equal(both, df.loc[((g == "Control") & (a < 50)).to_numpy()])
+    pd.testing.assert_frame_equal(df, before)                    # input unchanged
+
+
+def test_where_grammar_parses_and_refuses_malformed():
+    """Every operator parses; malformed expressions are refused naming the expression."""
+    f = parse_where("site=Oulu,Leiden")
+    assert (f.column, f.op, f.values, f.number) == ("site", "=", ("Oulu", "Leiden"), None)
+    assert parse_where("sex!=F").op == "!="
+    for expr, op, num in (("age<3", "<", 3.0), ("age<=3.5", "<=", 3.5), ("age>-1", ">", -1.0),
+                          ("age>=1e2", ">=", 100.0)):
+        f = parse_where(expr)
+        assert (f.column, f.op, f.number) == ("age", op, num)
+    bad = {"age": "no operator", "=3": "no COLUMN", "age=": "no value", "age==3": "'==' is not",
+           "age=>3": "'=>' is not", "age>old": "needs a number", "site=a,,b": "empty value",
+           "age<nan": "needs a number"}
+    for expr, words in bad.items():
+        with pytest.raises(InputFormatError, match="--where") as ei:
+            parse_where(expr)
+        assert repr(expr) in str(ei.value) and words in str(ei.value), expr
+
+
+def test_where_data_errors_name_expression_file_and_columns(rng):
+    """Unknown column (near miss), text column with '<', an empty selection: all named."""
+    df = _table(rng)
+    with pytest.raises(InputFormatError, match=r"'grup=SZ'.*in t\.csv.*'subject_id'.*did you "
+                       r"mean 'group'\?"):
+        select_rows(df, ["grup=SZ"], source="t.csv")
+    with pytest.raises(InputFormatError, match=r"did you mean 'age'\?"):
+        select_rows(df, ["Age>3"], source="t.csv")
+    with pytest.raises(InputFormatError, match=r"'group<3'.*'group' in t\.csv is not numeric"):
+        select_rows(df, ["group<3"], source="t.csv")
+    with pytest.raises(InputFormatError, match=r"'group=control' leaves no rows of 40 in t\.csv "
+                       r"\(column 'group' holds \['Control', 'MS', 'SZ'\]"):
+        select_rows(df, ["group=control"], source="t.csv")
+    n_sz = int((df["group"] == "SZ").sum())
+    with pytest.raises(InputFormatError, match=rf"'age>200' leaves no rows of {n_sz} in"):
+        select_rows(df, ["group=SZ", "age>200"], source="t.csv")
+
+
+def test_where_logs_kept_and_dropped(rng, caplog):
+    """Each expression logs rows kept and dropped; a listed value matching nothing is said."""
+    df = _table(rng)
+    n_c = int((df["group"] == "Control").sum())
+    with caplog.at_level("WARNING", logger="normfuse"):
+        select_rows(df, ["group=Control,Patient"])
+    text = caplog.text
+    assert f"kept {n_c} of 40 rows (dropped {40 - n_c})" in text
+    assert "['Patient'] match no row" in text
+
+
+def test_join_adds_columns_and_refuses_missing_ids(tmp_path, caplog):
+    """--join adds a split column by sub_id; ids missing there are counted with examples."""
+    vols = pd.DataFrame({"subject_id": ["a", "b", "c", "d"], "age": [30.0, 40, 50, 60],
+                         "sex": ["F", "M", "F", "M"], "site": "X", "Left-Thalamus": 7000.0})
+    vols.to_csv(tmp_path / "v.csv", index=False)
+    pd.DataFrame({"sub_id": ["d", "c", "b", "a"], "split": ["test", "train", "train", "test"],
+                  "age": 99.0}).to_csv(tmp_path / "split.csv", index=False)
+    v = read_volumes([str(tmp_path / "v.csv")], join=[str(tmp_path / "split.csv")],
+                     where=["split=train"])
+    assert list(v["subject_id"]) == ["b", "c"] and list(v["age"]) == [40.0, 50.0]  # own age kept
+    pd.DataFrame({"sub_id": ["a", "b"], "split": "train"}).to_csv(tmp_path / "s2.csv", index=False)
+    with pytest.raises(InputFormatError, match=r"s2\.csv: .*2 of 4 scans have no row here "
+                       r"\(matched on subject_id\); e\.g\. \['c', 'd'\]"):
+        read_volumes([str(tmp_path / "v.csv")], join=[str(tmp_path / "s2.csv")])
+    pd.DataFrame({"sub_id": ["a", "a", "b", "c", "d"], "split": "x"}).to_csv(
+        tmp_path / "s3.csv", index=False)
+    with pytest.raises(InputFormatError, match=r"repeats 1 id.*\['a'\]"):
+        read_volumes([str(tmp_path / "v.csv")], join=[str(tmp_path / "s3.csv")])
+
+
+def test_where_malformed_on_the_command_line_exits_2(tmp_path, capsys):
+    """A malformed --where is one line on stderr, exit 2, before any file is read."""
+    rc = main(["normative", "fit", str(tmp_path / "absent.csv"), "--where", "age=>3",
+               "--out", str(tmp_path / "m")])
+    err = _err(capsys)
+    assert rc == 2 and "--where 'age=>3'" in err and err.count("\n") == 1
+
+
+@pytest.fixture
+def fcon_split(controls_dir):
+    p = controls_dir / "fcon1000_split_seed42.csv"
+    if not p.is_file():
+        pytest.skip(f"{p} not found")
+    return p
+
+
+def test_fcon1000_fit_on_train_evaluate_on_test(fcon, fcon_split, tmp_path):
+    """--join the split file, fit on split=train: equals a Python fit on the same 754 rows."""
+    from normative.model import NormativeModel
+    from normfuse.pipeline import _regions
+
+    m = tmp_path / "m"
+    join = ["--join", str(fcon_split)]
+    assert main(["-q", "normative", "fit", str(fcon), *SEX01, *join, "--where", "split=train",
+                 "--out", str(m)]) == 0
+    assert main(["-q", "normative", "score", str(m), str(fcon), *SEX01, *join,
+                 "--where", "split=test", "--out", str(tmp_path / "dev.csv")]) == 0
+    assert main(["-q", "normative", "evaluate", str(m), str(fcon), *SEX01, *join,
+                 "--where", "split=test", "--out", str(tmp_path / "met.csv")]) == 0
+    # the same in Python, with the split read by pandas (counts in the file: 754 train, 324 test)
+    split = pd.read_csv(fcon_split).set_index("sub_id")["split"]
+    v = read_volumes([str(fcon)], sex_codes=["0=F", "1=M"])
+    role = split.reindex(v["subject_id"].astype(str)).to_numpy()
+    train, test = v.loc[role == "train"], v.loc[role == "test"]
+    assert len(train) == 754 and len(test) == 324
+    py = NormativeModel(_regions({"normative": {"regions": []}}, v)).fit(train)
+    dev = pd.read_csv(tmp_path / "dev.csv")
+    assert list(dev["subject_id"]) == list(test["subject_id"].astype(str))
+    rows = [0, 1, 100, 323]
+    z_py = py.transform(test.iloc[rows])
+    np.testing.assert_allclose(dev.iloc[rows][list(py.responses_)].to_numpy(dtype=float),
+                               z_py.to_numpy(), rtol=0, atol=1e-10)
+    met = pd.read_csv(tmp_path / "met.csv")
+    assert (met["n"] == 324).all() and set(met["region"]) == set(py.responses_)
+
+
+def test_cobre_groups_by_where_equal_the_awk_split(fcon, cobre_parts, controls_dir, tmp_path):
+    """--where group=SZ / group!=SZ on cobre.csv scores exactly the rows split off by hand."""
+    m, a = tmp_path / "m", tmp_path / "adapted"
+    cobre = str(controls_dir / "cobre.csv")
+    assert main(["-q", "normative", "fit", str(fcon), *SEX01, "--out", str(m)]) == 0
+    assert main(["-q", "normative", "adapt", str(m), cobre, *SEX01, "--where", "group=Control",
+                 "--where", "age<=40", "--out", str(a)]) == 0
+    assert main(["-q", "normative", "score", str(a), cobre, *SEX01, "--where", "group=SZ",
+                 "--out", str(tmp_path / "sz_where.csv")]) == 0
+    assert main(["-q", "normative", "score", str(a), str(cobre_parts["sz"]), *SEX01,
+                 "--out", str(tmp_path / "sz_file.csv")]) == 0
+    assert main(["-q", "normative", "score", str(a), cobre, *SEX01, "--where", "group!=SZ",
+                 "--out", str(tmp_path / "ctrl.csv")]) == 0
+    w, f = pd.read_csv(tmp_path / "sz_where.csv"), pd.read_csv(tmp_path / "sz_file.csv")
+    assert len(w) == 61 and len(pd.read_csv(tmp_path / "ctrl.csv")) == 63   # cobre.csv groups
+    pd.testing.assert_frame_equal(w, f)
