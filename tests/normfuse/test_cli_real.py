@@ -428,3 +428,16 @@ def test_cobre_groups_by_where_equal_the_awk_split(fcon, cobre_parts, controls_d
     w, f = pd.read_csv(tmp_path / "sz_where.csv"), pd.read_csv(tmp_path / "sz_file.csv")
     assert len(w) == 61 and len(pd.read_csv(tmp_path / "ctrl.csv")) == 63   # cobre.csv groups
     pd.testing.assert_frame_equal(w, f)
+
+
+def test_collect_where_on_a_demographics_column(fs_data, tmp_path):
+    """freesurfer collect --where sex=F keeps the scans the participants table marks F."""
+    sd, subs = _subjects(fs_data)
+    sex = (["F", "M"] * len(subs))[:len(subs)]
+    pd.DataFrame({"participant_id": subs, "age": 30.0, "sex": sex, "site": "A"}).to_csv(
+        tmp_path / "participants.tsv", sep="\t", index=False)
+    out = tmp_path / "v.csv"
+    assert main(["-q", "freesurfer", "collect", str(sd), "--atlases", "aseg", "--demographics",
+                 str(tmp_path / "participants.tsv"), "--where", "sex=F", "--out", str(out)]) == 0
+    assert list(pd.read_csv(out)["subject_id"]) == [s for s, x in zip(subs, sex, strict=True)
+                                                    if x == "F"]
