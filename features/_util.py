@@ -69,8 +69,9 @@ def to_naive_datetime(col: pd.Series, who: str, name: str) -> pd.Series:
                 raise InputFormatError(
                     f"{who}: column {name!r} holds {int(amb.sum())} dates written day and month "
                     f"as numbers with the year last; first at row {col.index[i]!r}: "
-                    f"{col.iloc[i]!r}. Whether that is day/month or month/day cannot be told, "
-                    "and a wrong guess moves events by months. Write dates as ISO 8601 "
+                    f"{col.iloc[i]!r}. Whether such dates are day/month or month/day is not stated "
+                    "(03/04/2020 reads either way), and a wrong guess moves events by months. "
+                    "Write dates as ISO 8601 "
                     "('2021-04-03'), or parse the column yourself, e.g. "
                     "pd.to_datetime(df[col], dayfirst=True)."
                 )
