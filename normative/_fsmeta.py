@@ -27,15 +27,20 @@ def _key(v) -> str | None:
     return str(v).strip()
 
 
-def _sex_values(col: pd.Series, sex_map: Mapping | None) -> list:
-    out = []
-    for label, v in col.items():
+def map_sex(values, sex_map: Mapping | None = None) -> tuple[list, int | None]:
+    """Sex cells as ``'F'``/``'M'`` (None where missing), and the position of the first cell
+    that is neither a known spelling (F/M, female/male, any case) nor a key of ``sex_map``
+    (None when every cell maps). Shared by :func:`attach_demographics` and the command
+    line, which word their own errors.
+    """
+    out, bad = [], None
+    for i, v in enumerate(values):
         k = _key(v)
         if k is None:
             out.append(None)
             continue
+        hit = None
         if sex_map is not None:
-            hit = None
             for cand in (v, k, k.lower()):
                 try:
                     if cand in sex_map:
@@ -47,21 +52,27 @@ def _sex_values(col: pd.Series, sex_map: Mapping | None) -> list:
                 num = float(k)
                 if num.is_integer() and int(num) in sex_map:
                     hit = sex_map[int(num)]
-            if hit is not None:
-                if hit not in ("F", "M"):
-                    raise ValueError(f"sex_map maps {v!r} to {hit!r}; map values must be 'F' "
-                                     "or 'M'.")
-                out.append(hit)
-                continue
-        word = _SEX_WORDS.get(k.lower())
-        if word is None:
-            hint = (" Numeric codes need an explicit mapping, e.g. sex_map={0: 'F', 1: 'M'} "
-                    "(FCON1000/PCNtoolkit coding) or sex_map={1: 'M', 2: 'F'}."
-                    if k.replace(".", "", 1).isdigit() else "")
-            raise ColumnContractError(
-                f"attach_demographics: column 'sex' holds {v!r} at row {label!r}; accepted "
-                f"values are F/M and female/male (any case).{hint}")
-        out.append(word)
+            if hit is not None and hit not in ("F", "M"):
+                raise ValueError(f"sex_map maps {v!r} to {hit!r}; map values must be 'F' or 'M'.")
+        if hit is None:
+            hit = _SEX_WORDS.get(k.lower())
+        if hit is None and bad is None:
+            bad = i
+        out.append(hit)
+    return out, bad
+
+
+def _sex_values(col: pd.Series, sex_map: Mapping | None) -> list:
+    out, bad = map_sex(col.tolist(), sex_map)
+    if bad is not None:
+        v = col.iloc[bad]
+        k = _key(v)
+        hint = (" Numeric codes need an explicit mapping, e.g. sex_map={0: 'F', 1: 'M'} "
+                "(FCON1000/PCNtoolkit coding) or sex_map={1: 'M', 2: 'F'}."
+                if k.replace(".", "", 1).isdigit() else "")
+        raise ColumnContractError(
+            f"attach_demographics: column 'sex' holds {v!r} at row {col.index[bad]!r}; accepted "
+            f"values are F/M and female/male (any case).{hint}")
     return out
 
 

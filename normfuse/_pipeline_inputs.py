@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from normative._fsmeta import _SEX_WORDS, map_sex
+from normative._fsmeta import _key as _code
 from normfuse._pipeline_common import _KEYS, _need, _ns, log
 from normfuse.errors import InputFormatError
 
@@ -51,7 +53,6 @@ def _read_plain_table(path: Path, what: str) -> pd.DataFrame:
 #: id columns read as ``subject_id`` when a table has no ``subject_id`` (BIDS participants.tsv
 #: writes ``participant_id``; FCON1000/PCNtoolkit tables ``sub_id``).
 ID_ALIASES = ("participant_id", "sub_id", "subject", "Subject", "SubjectID", "subjectID")
-_SEX_TEXT = {"f": "F", "female": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
 _SEX_FIX = ("State your study's coding: on the command line e.g. --sex-codes {ex}; in "
             "study.toml e.g. sex_codes = [{ex_toml}] in the section of this table.")
 
@@ -76,21 +77,12 @@ def parse_sex_codes(codes) -> dict[str, str] | None:
             items.append((code, val))
     out = {}
     for code, val in items:
-        v = _SEX_TEXT.get(str(val).strip().lower())
+        v = _SEX_WORDS.get(str(val).strip().lower())
         if v is None:
             raise InputFormatError(f"sex codes: {code}={val} maps to {val!r}; the value must be "
                                    "F or M, e.g. 0=F 1=M.")
         out[_code(code)] = v
     return out
-
-
-def _code(v) -> str | None:
-    """An id or code cell as text for matching (1.0 -> '1'); None when missing."""
-    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
-        return None
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return str(v).strip()
 
 
 def _rename_id(df: pd.DataFrame, path: Path, what: str) -> pd.DataFrame:
@@ -109,19 +101,9 @@ def _recode_sex(df: pd.DataFrame, codes: dict[str, str] | None, path: Path,
     if "sex" not in df.columns:
         return df
     raw = df["sex"].tolist()
-    keys = [_code(v) for v in raw]
-    out, bad = [], None
-    for i, k in enumerate(keys):
-        if k is None:
-            out.append(None)
-            continue
-        v = codes.get(k) if codes else None
-        if v is None:
-            v = _SEX_TEXT.get(k.lower())
-        if v is None and bad is None:
-            bad = i
-        out.append(v)
+    out, bad = map_sex(raw, codes)
     if bad is not None:
+        keys = [_code(v) for v in raw]
         found = sorted({k for k in keys if k is not None})[:10]
         numeric = all(k.lstrip("-").replace(".", "", 1).isdigit() for k in found)
         ex = "1=M 2=F" if set(found) <= {"1", "2"} else "0=F 1=M"
