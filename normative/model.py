@@ -458,7 +458,7 @@ class NormativeModel:
         if self.likelihood == "shash":
             init = (res.beta, res.gamma, res.eps, res.tau)
             res2 = _engine.fit(xp, *args, shape=True, max_iter=self.max_iter, init=init,
-                               fixed_tau=None, n_jobs=self.n_jobs)
+                               init_prior_sd=(res.tau_loc, res.tau_scale), n_jobs=self.n_jobs)
             n_iter = res.n_iter + res2.n_iter
             res = res2
         else:
