@@ -238,7 +238,7 @@ def _split_session_folders(vols: pd.DataFrame) -> pd.DataFrame:
 def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
                  atlases: Sequence[str] = ("aseg", "aparc"), what: str = "volumes",
                  sex_codes=None, join: Sequence[str] = (),
-                 where: Sequence[str] = ()) -> pd.DataFrame:
+                 where: Sequence[str] = (), config_section: str | None = None) -> pd.DataFrame:
     """Read a volumes table from a SUBJECTS_DIR or from volume tables, with demographics.
 
     Parameters
@@ -261,6 +261,9 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
         row there; columns the volumes already have are kept from the volumes.
     where : row selections, all of which must hold, applied last (after demographics and
         ``join``, so their columns can be used); see :func:`select_rows` for the grammar.
+    config_section : the study.toml section these inputs come from (e.g. ``"reference"``);
+        messages about ``where``/``join`` then name its keys (``[reference] where = ...``)
+        instead of the command-line options (``--where``, ``--join``).
 
     Plain tables (``.csv``/``.tsv``/``.parquet``) and demographics are harmonised:
     ``participant_id``/``sub_id`` are read as ``subject_id``, FreeSurfer 5/6 region names
@@ -281,7 +284,9 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
     from normative.freesurfer import attach_demographics, collect_subjects_dir, read_stats_table
 
     codes = parse_sex_codes(sex_codes)
-    filters = [parse_where(e) for e in (where or ())]   # malformed: refused before reading
+    sec = config_section
+    # malformed: refused before reading
+    filters = [parse_where(e, config_section=sec) for e in (where or ())]
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise InputFormatError(f"no {what} given; set the tables or subjects_dir key.")
@@ -334,31 +339,36 @@ def read_volumes(paths: str | Sequence[str], demographics: str | None = None, *,
             vols = vols.copy()
             vols["scan_date"] = _iso_dates(got["scan_date"], dpath, what)
     for jp in join or ():
-        vols = join_table(vols, jp, what=what)
+        vols = join_table(vols, jp, what=what, config_section=sec)
     if filters:
         src = ", ".join(str(x) for x in [*paths, *([demographics] if demographics else []),
                                            *(join or ())])
-        vols = select_rows(vols, filters, source=src)
+        vols = select_rows(vols, filters, source=src, config_section=sec)
     return vols
 
 
-def join_table(vols: pd.DataFrame, path: str | Path, *, what: str = "volumes") -> pd.DataFrame:
+def join_table(vols: pd.DataFrame, path: str | Path, *, what: str = "volumes",
+               config_section: str | None = None) -> pd.DataFrame:
     """Add the columns of the table at ``path`` to ``vols``, matched on ``subject_id``.
 
     ``sub_id``/``participant_id`` are read as ``subject_id``; ``session_id`` is matched too
     when both tables have it. Columns ``vols`` already has are kept from ``vols`` (logged).
-    ``vols`` is not changed; the result keeps its index and row order.
+    ``vols`` is not changed; the result keeps its index and row order. With
+    ``config_section`` (e.g. ``"reference"``) messages name that study.toml section's
+    ``join``/``where`` keys instead of ``--join``/``--where``.
 
     Raises
     ------
     InputFormatError : the table has no id column, repeats an id, or lacks some scans
         (how many, with examples).
     """
-    jpath = _need(str(path), f"{what} join table")
-    tab = _rename_id(_read_plain_table(jpath, f"{what} join table"), jpath, what)
+    words = _option_words(config_section)
+    jwhat = f"{what} join table" if config_section is None else f"[{config_section}] join table"
+    jpath = _need(str(path), jwhat)
+    tab = _rename_id(_read_plain_table(jpath, jwhat), jpath, what)
     if "subject_id" not in tab.columns:
         raise InputFormatError(
-            f"{what} join table has no subject_id column (columns: "
+            f"{jwhat} has no subject_id column (columns: "
             f"{list(map(str, tab.columns))[:10]}); name the id column subject_id (or sub_id, "
             "participant_id).", path=jpath)
     keys = ["subject_id"]
@@ -374,7 +384,7 @@ def join_table(vols: pd.DataFrame, path: str | Path, *, what: str = "volumes") -
     if jk.has_duplicates:
         dup = jk[jk.duplicated()].unique().tolist()
         raise InputFormatError(
-            f"{what} join table repeats {len(dup)} id(s) in {' and '.join(keys)} (e.g. "
+            f"{jwhat} repeats {len(dup)} id(s) in {' and '.join(keys)} (e.g. "
             f"{[d.replace(chr(31), ' ') for d in dup[:5]]}); give one row per scan.", path=jpath)
     vk = key_text(vols)
     pos = jk.get_indexer(vk)
@@ -382,10 +392,10 @@ def join_table(vols: pd.DataFrame, path: str | Path, *, what: str = "volumes") -
     if miss.any():
         ex = [vk[i].replace("\x1f", " ") for i in np.flatnonzero(miss)[:5]]
         raise InputFormatError(
-            f"{what} join table: {int(miss.sum())} of {len(vk)} scans have no row here (matched "
+            f"{jwhat}: {int(miss.sum())} of {len(vk)} scans have no row here (matched "
             f"on {' and '.join(keys)}); e.g. {ex}{' ...' if miss.sum() > 5 else ''}, this table: "
             f"{jk[:5].tolist()}. Give every scan a row (ids spelled alike in both tables), and "
-            "select rows with --where after joining.", path=jpath)
+            f"select rows with {words['where_key']} after joining.", path=jpath)
     both = [c for c in tab.columns if c in vols.columns and c not in keys]
     if both:
         log.info("%s: %s: columns %s are already present; the volumes' values are kept",
@@ -402,6 +412,19 @@ _WHERE_RE = re.compile(r"^\s*(?P<col>[^=!<>]*?)\s*(?P<op>!=|<=|>=|=|<|>)\s*(?P<v
 _GRAMMAR = ("write COLUMN=VALUE, COLUMN!=VALUE, COLUMN=V1,V2 (any of) or COLUMN<NUMBER "
             "(also <=, >, >=), e.g. group=Control, site=Oulu,Leiden, 'age>=18' (quote it in "
             "the shell)")
+_GRAMMAR_TOML = ("write each item as \"COLUMN=VALUE\", \"COLUMN!=VALUE\", \"COLUMN=V1,V2\" (any "
+                 "of) or \"COLUMN<NUMBER\" (also <=, >, >=), e.g. where = [\"group=Control\", "
+                 "\"age>=18\"]")
+
+
+def _option_words(config_section: str | None) -> dict[str, str]:
+    """How messages name the selection and join: command-line options or study.toml keys."""
+    if config_section is None:
+        return {"where": "--where", "where_key": "--where", "join": "--join FILE",
+                "grammar": _GRAMMAR}
+    s = config_section
+    return {"where": f"[{s}] where =", "where_key": f"[{s}] where",
+            "join": f"[{s}] join = [\"FILE\"]", "grammar": _GRAMMAR_TOML}
 
 
 @dataclass(frozen=True)
@@ -415,9 +438,12 @@ class RowFilter:
     number: float | None = None
 
 
-def parse_where(expr: str | RowFilter) -> RowFilter:
+def parse_where(expr: str | RowFilter, *, config_section: str | None = None) -> RowFilter:
     """Parse one row selection: ``column=value``, ``column!=value``, ``column=v1,v2``
     (any of; ``!=v1,v2``: none of), ``column<number``, ``<=``, ``>``, ``>=``.
+
+    Messages name ``--where``, or with ``config_section`` (e.g. ``"reference"``) the
+    study.toml key (``[reference] where = 'split=trian'``).
 
     Raises
     ------
@@ -425,6 +451,8 @@ def parse_where(expr: str | RowFilter) -> RowFilter:
     """
     if isinstance(expr, RowFilter):
         return expr
+    words = _option_words(config_section)
+    opt, grammar = words["where"], words["grammar"]
     text = str(expr)
     m = _WHERE_RE.match(text)
     bad = None
@@ -435,21 +463,21 @@ def parse_where(expr: str | RowFilter) -> RowFilter:
     elif m["val"][0] in "=!<>":
         bad = f"{m['op'] + m['val'][0]!r} is not an operator"
     if bad:
-        raise InputFormatError(f"--where {text!r}: {bad}; {_GRAMMAR}.")
+        raise InputFormatError(f"{opt} {text!r}: {bad}; {grammar}.")
     col, op, val = m["col"], m["op"], m["val"]
     if op in ("=", "!="):
         vals = tuple(v.strip() for v in val.split(","))
         if not all(vals):
-            raise InputFormatError(f"--where {text!r}: an empty value in the list {val!r}; "
-                                   f"{_GRAMMAR}.")
+            raise InputFormatError(f"{opt} {text!r}: an empty value in the list {val!r}; "
+                                   f"{grammar}.")
         return RowFilter(text, col, op, vals)
     try:
         num = float(val)
     except ValueError:
         num = float("nan")
     if num != num:
-        raise InputFormatError(f"--where {text!r}: {op} needs a number, got {val!r}; compare "
-                               f"text with = or != instead ({_GRAMMAR}).")
+        raise InputFormatError(f"{opt} {text!r}: {op} needs a number, got {val!r}; compare "
+                               f"text with = or != instead ({grammar}).")
     return RowFilter(text, col, op, (val,), num)
 
 
@@ -482,13 +510,15 @@ def _distinct(s: pd.Series, n: int = 10) -> str:
 
 
 def select_rows(df: pd.DataFrame, where: Sequence[str | RowFilter], *,
-                source: str = "the table") -> pd.DataFrame:
+                source: str = "the table", config_section: str | None = None) -> pd.DataFrame:
     """Rows of ``df`` meeting every expression in ``where`` (see :func:`parse_where`).
 
     ``=``/``!=`` compare as text (a numeric column's 1.0 reads ``1``), so ``site=Oulu``,
     ``group=Control``, ``sex=F``; ``<``, ``<=``, ``>``, ``>=`` compare as numbers. A missing
     cell meets no expression (also not ``!=``). Each expression logs how many rows it kept
-    and dropped. ``df`` is not changed; the result keeps its index and row order.
+    and dropped. ``df`` is not changed; the result keeps its index and row order. Messages
+    name ``--where``, or with ``config_section`` (e.g. ``"reference"``) the study.toml key
+    (``[reference] where = 'split=train'``).
 
     Raises
     ------
@@ -497,16 +527,18 @@ def select_rows(df: pd.DataFrame, where: Sequence[str | RowFilter], *,
     """
     import difflib
 
+    words = _option_words(config_section)
+    opt = words["where"]
     out = df
-    for f in map(parse_where, where):
+    for f in (parse_where(e, config_section=config_section) for e in where):
         n0 = len(out)
         if f.column not in out.columns:
             cols = [str(c) for c in out.columns]
             near = [c for c in cols if c.lower() == f.column.lower()] or \
                 difflib.get_close_matches(f.column, cols, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else \
-                "; add it with --join FILE (a table with subject_id and that column)."
-            raise InputFormatError(f"--where {f.expr!r}: no column {f.column!r} in {source} "
+                f"; add it with {words['join']} (a table with subject_id and that column)."
+            raise InputFormatError(f"{opt} {f.expr!r}: no column {f.column!r} in {source} "
                                    f"(columns: {_columns_hint(out)}){hint}")
         s = out[f.column]
         if f.number is None:
@@ -516,14 +548,14 @@ def select_rows(df: pd.DataFrame, where: Sequence[str | RowFilter], *,
             keep = hit if f.op == "=" else (~hit & present)
             unmatched = [v for v in f.values if not txt.eq(v).fillna(False).any()]
             if unmatched and (f.op == "!=" or len(unmatched) < len(f.values)):
-                log.warning("--where %r: value(s) %s match no row; column %r holds %s",
-                            f.expr, unmatched, f.column, _distinct(txt))
+                log.warning("%s %r: value(s) %s match no row; column %r holds %s",
+                            opt, f.expr, unmatched, f.column, _distinct(txt))
         else:
             num = pd.to_numeric(s, errors="coerce")
             bad = num.isna() & s.notna()
             if bad.any():
                 raise InputFormatError(
-                    f"--where {f.expr!r}: column {f.column!r} in {source} is not numeric (it "
+                    f"{opt} {f.expr!r}: column {f.column!r} in {source} is not numeric (it "
                     f"holds {s[bad].iloc[0]!r}; values: {_distinct(s.astype('string'))}); "
                     "compare text with = or !=, e.g. "
                     f"{f.column}={s[bad].astype('string').iloc[0]}.")
@@ -536,11 +568,11 @@ def select_rows(df: pd.DataFrame, where: Sequence[str | RowFilter], *,
         kept = int(keep.sum())
         if kept == 0:
             raise InputFormatError(
-                f"--where {f.expr!r} leaves no rows of {n0} in {source} (column {f.column!r} "
+                f"{opt} {f.expr!r} leaves no rows of {n0} in {source} (column {f.column!r} "
                 f"holds {_distinct(_text_values(s))}"
                 + (f", {n_missing} missing" if n_missing else "")
                 + "); values compare as written, case included.")
-        log.warning("--where %r kept %d of %d rows (dropped %d%s)", f.expr, kept, n0, n0 - kept,
+        log.warning("%s %r kept %d of %d rows (dropped %d%s)", opt, f.expr, kept, n0, n0 - kept,
                     f", {n_missing} with {f.column!r} missing" if n_missing and n0 - kept else "")
         out = out.loc[keep]
     return out

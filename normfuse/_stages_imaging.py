@@ -14,19 +14,26 @@ from normfuse._pipeline_inputs import read_volumes
 
 
 def stage_collect(cfg: Mapping, ctx: dict) -> dict:
-    """Read the patients', reference, local and matching controls' volumes."""
+    """Read the patients', reference, local and matching controls' volumes.
+
+    Each section's ``join`` tables are added and its ``where`` selections applied as the
+    subcommands' ``--join``/``--where`` do (messages name the section's keys).
+    """
     p = cfg["patients"]
     src = p["subjects_dir"] or p["tables"]
     if p["subjects_dir"]:
         _need(p["subjects_dir"], "[patients] subjects_dir", folder=True)
     out = {"volumes_patients": read_volumes(src, p["demographics"] or None, atlases=p["atlases"],
-                                            what="patients", sex_codes=p["sex_codes"])}
+                                            what="patients", sex_codes=p["sex_codes"],
+                                            join=p["join"], where=p["where"],
+                                            config_section="patients")}
     for sec, name in (("reference", "volumes_reference"), ("adaptation", "volumes_adaptation"),
                       ("controls", "volumes_controls")):
         s = cfg[sec]
         if s["tables"]:
             out[name] = read_volumes(s["tables"], s["demographics"] or None, what=sec,
-                                     sex_codes=s["sex_codes"])
+                                     sex_codes=s["sex_codes"], join=s["join"],
+                                     where=s["where"], config_section=sec)
     return {"tables": out}
 
 

@@ -58,6 +58,14 @@ class Key:
 
 
 _P = "path"
+#: Row selection of a volumes section, as the subcommands' --join and --where.
+_JOIN = Key("paths", [], "Tables whose columns are added to these scans by subject_id "
+            "(sub_id/participant_id read as such; also by session_id when both have it), e.g. "
+            "a train/test split file; every scan needs a row there (as --join).")
+_WHERE = Key("strs", [], "Row selections, all of which must hold, applied after demographics "
+             "and join (as --where): \"COLUMN=VALUE\", \"COLUMN!=VALUE\", \"COLUMN=V1,V2\" "
+             "(any of) compare as text; \"age<40\" (also <=, >, >=) as numbers; e.g. "
+             "[\"split=train\"].")
 #: The schema: section -> key -> :class:`Key`. Paths are relative to the TOML file's folder.
 SCHEMA: dict[str, dict[str, Key]] = {
     "study": {
@@ -77,6 +85,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
                          "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
                          "F/M and female/male need none."),
+        "join": _JOIN,
+        "where": _WHERE,
     },
     "reference": {
         "tables": Key("paths", [], "Healthy reference controls: volume tables (as patients.tables)."),
@@ -90,6 +100,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
                          "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
                          "F/M and female/male need none."),
+        "join": _JOIN,
+        "where": _WHERE,
     },
     "adaptation": {
         "tables": Key("paths", [], "Local healthy controls scanned at the patients' sites, for "
@@ -98,6 +110,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
                          "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
                          "F/M and female/male need none."),
+        "join": _JOIN,
+        "where": _WHERE,
         "n_per_site": Key("int", 0, "Use only the first N local controls of each site for "
                           "adaptation (0: all); the rest stay available for matching.", minimum=0),
     },
@@ -108,6 +122,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
                          "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
                          "F/M and female/male need none."),
+        "join": _JOIN,
+        "where": _WHERE,
         "match_on": Key("strs", ["age", "sex", "icv"], "Covariates for 1:1 nearest-neighbour "
                         "matching of controls to patients' baseline scans."),
     },
@@ -292,15 +308,27 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
     src = out["clinical"]["source"]
     if src and not src.startswith(("postgresql://", "postgresql+", "postgres://")):
         out["clinical"]["source"] = str(base / Path(src).expanduser())
+    from normfuse._pipeline_inputs import parse_sex_codes, parse_where
     from normfuse.errors import InputFormatError
 
     for sec in ("patients", "reference", "adaptation", "controls"):
         try:
-            from normfuse._pipeline_inputs import parse_sex_codes
-
             parse_sex_codes(out[sec]["sex_codes"])
         except InputFormatError as exc:
             raise _fail(source, f"[{sec}] sex_codes = {out[sec]['sex_codes']!r}: {exc}") from exc
+        for expr in out[sec]["where"]:
+            try:
+                parse_where(expr, config_section=sec)
+            except InputFormatError as exc:      # names [sec] where = 'expr' itself
+                raise _fail(source, str(exc)) from exc
+        reads = out[sec]["tables"] or out[sec].get("subjects_dir")
+        for name in ("join", "where"):
+            if out[sec][name] and not reads:
+                why = (" (model is set: a saved model is used as is)"
+                       if sec == "reference" and out[sec]["model"] else "")
+                raise _fail(source, f"[{sec}] {name} = {raw[sec][name]!r} selects rows of "
+                            f"[{sec}] tables, but none are set{why}; set tables or remove "
+                            f"{name}.")
     p = out["patients"]
     if bool(p["subjects_dir"]) == bool(p["tables"]):
         raise _fail(source, "[patients] needs exactly one of subjects_dir (a SUBJECTS_DIR) or "

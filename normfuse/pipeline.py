@@ -39,12 +39,16 @@ from normfuse._pipeline_common import (  # noqa: F401
     log,
 )
 from normfuse._pipeline_inputs import (  # noqa: F401
+    RowFilter,
     _clinical,
     _person_ids,
     _read_plain_table,
     _split_session_folders,
     file_digest,
+    join_table,
+    parse_where,
     read_volumes,
+    select_rows,
 )
 from normfuse._pipeline_run import (  # noqa: F401
     _FORMAT,
@@ -78,11 +82,13 @@ from normfuse._stages_imaging import (  # noqa: F401
 )
 
 __all__ = ["STAGES", "PipelineResults", "OutputFolderError", "run_pipeline", "read_volumes",
-           "demo_config", "file_digest", "MANIFEST"]
+           "select_rows", "parse_where", "join_table", "RowFilter", "demo_config",
+           "file_digest", "MANIFEST"]
 
 # the stages and the run machinery live in private modules (one per concern); every name
 # importable from here before the split still is, and the public ones say they live here
-for _obj in (PipelineResults, OutputFolderError, run_pipeline, read_volumes, file_digest):
+for _obj in (PipelineResults, OutputFolderError, run_pipeline, read_volumes, file_digest,
+             select_rows, parse_where, join_table, RowFilter):
     _obj.__module__ = __name__
 del _obj
 

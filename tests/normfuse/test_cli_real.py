@@ -441,3 +441,76 @@ def test_collect_where_on_a_demographics_column(fs_data, tmp_path):
                  str(tmp_path / "participants.tsv"), "--where", "sex=F", "--out", str(out)]) == 0
     assert list(pd.read_csv(out)["subject_id"]) == [s for s, x in zip(subs, sex, strict=True)
                                                     if x == "F"]
+
+
+# ----------------------------------------------------------------- study.toml where / join
+def _split_config(fcon, fcon_split, **over):
+    """FCON1000's test half as patients and held-out controls, its train half as reference."""
+    vol = {"tables": [str(fcon)], "sex_codes": ["0=F", "1=M"], "join": [str(fcon_split)]}
+    raw = {"patients": {**vol, "where": ["split=test"]},
+           "reference": {**vol, "where": ["split=train"], "holdout_fraction": 0.0},
+           "controls": {**vol, "where": ["split=test"]},
+           "clinical": {"visits": "visits.csv"}}       # not read by collect/normative
+    for sec, kv in over.items():
+        raw[sec] = {**raw[sec], **kv}
+    return parse_config(raw, source="study.toml")
+
+
+def test_run_stages_fit_on_the_where_selected_train_rows(fcon, fcon_split):
+    """[reference] join + where split=train: the 754 train rows, Z equal to a Python fit."""
+    from normative.model import NormativeModel
+    from normfuse.pipeline import _regions, stage_collect, stage_normative
+
+    cfg = _split_config(fcon, fcon_split)
+    ctx = {"tables": stage_collect(cfg, {})["tables"]}
+    ref, pat = ctx["tables"]["volumes_reference"], ctx["tables"]["volumes_patients"]
+    # counts in fcon1000_split_seed42.csv: 754 train, 324 test
+    assert len(ref) == 754 and len(pat) == 324 and len(ctx["tables"]["volumes_controls"]) == 324
+    assert set(ref["split"]) == {"train"} and set(pat["split"]) == {"test"}
+    res = stage_normative(cfg, ctx)
+    # the same split by pandas, fitted in Python with the stage's settings
+    split = pd.read_csv(fcon_split).set_index("sub_id")["split"]
+    v = read_volumes([str(fcon)], sex_codes=["0=F", "1=M"])
+    role = split.reindex(v["subject_id"].astype(str)).to_numpy()
+    train, test = v.loc[role == "train"], v.loc[role == "test"]
+    assert list(ref.index) == list(train.index) and list(pat.index) == list(test.index)
+    regions = _regions(cfg, train, test)
+    py = NormativeModel(regions, likelihood="shash", device="cpu").fit(train)
+    dev = res["tables"]["deviations"]
+    rows = [0, 1, 100, 323]
+    np.testing.assert_allclose(dev.iloc[rows][regions].to_numpy(dtype=float),
+                               py.transform(test.iloc[rows]).to_numpy(), rtol=0, atol=1e-10)
+    cc = res["tables"]["critical_counts"].set_index("group")
+    assert int(cc.loc["local controls (not in fit or adaptation)", "n"]) == 324
+    assert "held-out reference controls" not in cc.index          # holdout_fraction = 0
+
+
+def test_run_where_unknown_column_names_section_key_and_fix(fcon, fcon_split):
+    """A misspelt column in [reference] where names the key, the files and the near miss."""
+    from normfuse.pipeline import stage_collect
+
+    cfg = _split_config(fcon, fcon_split, reference={"where": ["splt=train"]})
+    with pytest.raises(InputFormatError, match=r"\[reference\] where = 'splt=train': no column "
+                       r"'splt' in .*fcon1000\.csv, .*fcon1000_split_seed42\.csv .*did you mean "
+                       r"'split'\?"):
+        stage_collect(cfg, {})
+    cfg = _split_config(fcon, fcon_split, controls={"join": [], "where": ["fold=test"]})
+    with pytest.raises(InputFormatError, match=r"\[controls\] where = 'fold=test': no column "
+                       r".*add it with \[controls\] join = \[\"FILE\"\]"):
+        stage_collect(cfg, {})
+    cfg = _split_config(fcon, fcon_split, patients={"where": ["split=trian"]})
+    with pytest.raises(InputFormatError, match=r"\[patients\] where = 'split=trian' leaves no "
+                       r"rows of 1078 .*\['test', 'train'\]"):
+        stage_collect(cfg, {})
+
+
+def test_run_malformed_where_exits_2_naming_the_key(tmp_path, capsys):
+    """normfuse run with where = ["split"] stops at load: exit 2, one line with section/key."""
+    (tmp_path / "study.toml").write_text(
+        '[patients]\ntables = ["p.csv"]\n[reference]\ntables = ["r.csv"]\n'
+        'where = ["split"]\n[clinical]\nvisits = "v.csv"\n')
+    rc = main(["run", str(tmp_path / "study.toml"), "--out", str(tmp_path / "out")])
+    err = _err(capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert "study.toml: [reference] where = 'split': no operator" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()

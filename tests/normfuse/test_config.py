@@ -1,6 +1,8 @@
 """Study configuration: schema defaults, validation messages, TOML round trip."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from normfuse.config import SCHEMA, ConfigError, load_config, parse_config, schema_table, to_toml
@@ -78,6 +80,57 @@ def test_load_config_missing_and_invalid(tmp_path):
 
 
 def test_schema_table_lists_every_key():
-    """The README schema table has one row per key."""
+    """The README schema table has one row per key and is the one schema_table() writes."""
     n = sum(len(k) for k in SCHEMA.values())
     assert schema_table().count("\n| `") == n
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    assert schema_table() in readme.read_text(encoding="utf-8")
+
+
+VOLUME_SECTIONS = ("patients", "reference", "adaptation", "controls")
+
+
+def test_where_and_join_keys_parsed(tmp_path):
+    """where/join exist in every volumes section; join paths resolve, expressions are kept."""
+    for sec in VOLUME_SECTIONS:
+        assert SCHEMA[sec]["where"].default == [] and SCHEMA[sec]["join"].default == []
+    cfg = parse_config(_raw(reference={"join": "split.csv", "where": ["split=train", "age>=18"]},
+                            adaptation={"tables": ["loc.csv"], "join": ["a.csv", "sub/b.csv"],
+                                        "where": ["group=Control"]}),
+                       base_dir=tmp_path)
+    assert cfg["reference"]["join"] == [str(tmp_path / "split.csv")]     # one string: a list
+    assert cfg["reference"]["where"] == ["split=train", "age>=18"]
+    assert cfg["adaptation"]["join"] == [str(tmp_path / "a.csv"), str(tmp_path / "sub" / "b.csv")]
+    assert cfg["patients"]["where"] == [] and cfg["controls"]["join"] == []
+    p = tmp_path / "study.toml"
+    p.write_text(to_toml(cfg, relative_to=tmp_path))
+    assert load_config(p) == cfg
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"reference": {"where": ["split"]}},
+     r"^study\.toml: \[reference\] where = 'split': no operator \(=, !=, <, <=, >, >=\); "
+     r"write each item as \"COLUMN=VALUE\""),
+    ({"patients": {"where": ["group=SZ", "age>old"]}},
+     r"^study\.toml: \[patients\] where = 'age>old': > needs a number, got 'old'"),
+    ({"controls": {"tables": ["c.csv"], "where": ["site=a,,b"]}},
+     r"\[controls\] where = 'site=a,,b': an empty value in the list"),
+    ({"adaptation": {"tables": ["a.csv"], "where": ["age=>3"]}},
+     r"\[adaptation\] where = 'age=>3': '=>' is not an operator"),
+    ({"reference": {"where": "split=train"}},
+     r"\[reference\] where = 'split=train' must be a list of strings"),
+    ({"reference": {"join": [3]}}, r"\[reference\] join = \[3\] must be a list of path strings"),
+    ({"reference": {"wher": ["split=train"]}}, r"unknown key \[reference\] wher\. Did you mean "
+     r"'where'\?"),
+    ({"adaptation": {"where": ["group=Control"]}},
+     r"\[adaptation\] where = \['group=Control'\] selects rows of \[adaptation\] tables, but "
+     r"none are set; set tables or remove where\."),
+    ({"reference": {"tables": [], "model": "m", "join": ["s.csv"]}},
+     r"\[reference\] join = \['s\.csv'\] selects rows .*none are set \(model is set"),
+])
+def test_where_and_join_errors_name_section_key_and_value(over, match):
+    """A malformed where or a misplaced where/join is one line naming section, key and value."""
+    with pytest.raises(ConfigError, match=match) as ei:
+        parse_config(_raw(**over), source="study.toml")
+    msg = str(ei.value)
+    assert "\n" not in msg and "--where" not in msg
