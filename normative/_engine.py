@@ -42,6 +42,11 @@ _CHUNK_ROWS = 4096
 # Negligible with hundreds of controls; at small n they stop the (mu, sigma, eps) ridge
 # of the SHASH likelihood from drifting to degenerate skew.
 SHAPE_PRIOR_SD = (0.5, 0.5)
+# weakly-informative prior on the log-scale coefficients of age and sex: N(0, 1) on each
+# (sigma changing by a factor e between the youngest age and a knot, or between sexes).
+# Negligible with hundreds of controls; with a few dozen it stops the scale spline from
+# collapsing sigma onto a handful of points (an unbounded likelihood, heavier with SHASH).
+SCALE_PRIOR_SD = 1.0
 
 
 @dataclasses.dataclass
@@ -191,6 +196,27 @@ class _Problem:
         return G
 
 
+def posterior_cov(xp, neg_hessian):
+    """Inverse of each response's posterior precision (batched).
+
+    A response whose precision is singular or not finite (a degenerate fit, already
+    reported as not converged) gets the pseudo-inverse of its finite part instead of
+    failing the whole batch; the count is logged.
+    """
+    singular = (np.linalg.LinAlgError,) if xp is np else (xp.linalg.LinAlgError,)
+    try:
+        return xp.linalg.inv(neg_hessian)
+    except singular:
+        pass
+    ok = xp.isfinite(neg_hessian).all(-1).all(-1)
+    H = xp.where(ok[:, None, None], neg_hessian, xp.zeros_like(neg_hessian))
+    ev = xp.linalg.eigvalsh(H)
+    n_bad = int((ev[:, 0] <= 1e-12 * xp.abs(ev[:, -1])).sum())
+    log.warning("posterior precision singular in %d of %d responses; pseudo-inverse used",
+                n_bad, H.shape[0])
+    return xp.linalg.pinv(H, hermitian=True)
+
+
 def _prior_sd_update(xp, coef, var, cols, m, sd):
     """One empirical-Bayes step for the prior sd of the penalised columns ``cols``.
 
@@ -204,7 +230,8 @@ def _prior_sd_update(xp, coef, var, cols, m, sd):
 
 def fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, *, shape=True, max_iter=100,
         tol=1e-8, eb_rounds=_EB_ROUNDS, init=None, fixed_tau=None, offset_mu=None,
-        offset_ls=None, chunk_rows=_CHUNK_ROWS, n_jobs=None, init_prior_sd=None):
+        offset_ls=None, chunk_rows=_CHUNK_ROWS, n_jobs=None, init_prior_sd=None,
+        scale_prior_cols=None):
     """Fit all responses. ``M`` is the (n, R) 0/1 mask of observed responses.
 
     ``site_cols_*`` are boolean masks over the columns of ``X``/``Zs`` marking the
@@ -212,6 +239,7 @@ def fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, *, shape=True, max_iter
     without ``shape`` the given eps/tau stay fixed (zero: the normal model).
     ``fixed_tau`` = (tau_loc, tau_scale) arrays skip the empirical-Bayes updates;
     ``init_prior_sd`` = (tau_loc, tau_scale) arrays start them (default ``_SITE_TAU0``).
+    ``scale_prior_cols`` marks the columns of ``Zs`` with the N(0, SCALE_PRIOR_SD^2) prior.
     Each response stops its empirical-Bayes rounds once its prior sds move by less than
     0.1 % (at most ``eb_rounds`` rounds).
     ``offset_mu``/``offset_ls`` (n, R) are added to the location / log-scale.
@@ -226,18 +254,21 @@ def fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, *, shape=True, max_iter
         return _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, None, shape=shape,
                     max_iter=max_iter, tol=tol, eb_rounds=eb_rounds, init=init,
                     fixed_tau=fixed_tau, offset_mu=offset_mu, offset_ls=offset_ls,
-                    chunk_rows=chunk_rows, init_prior_sd=init_prior_sd)
+                    chunk_rows=chunk_rows, init_prior_sd=init_prior_sd,
+                    scale_prior_cols=scale_prior_cols)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n_jobs) as pool:
         return _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, shape=shape,
                     max_iter=max_iter, tol=tol, eb_rounds=eb_rounds, init=init,
                     fixed_tau=fixed_tau, offset_mu=offset_mu, offset_ls=offset_ls,
-                    chunk_rows=chunk_rows, init_prior_sd=init_prior_sd)
+                    chunk_rows=chunk_rows, init_prior_sd=init_prior_sd,
+                    scale_prior_cols=scale_prior_cols)
 
 
 def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_iter, tol,
-         eb_rounds, init, fixed_tau, offset_mu, offset_ls, chunk_rows, init_prior_sd=None):
+         eb_rounds, init, fixed_tau, offset_mu, offset_ls, chunk_rows, init_prior_sd=None,
+         scale_prior_cols=None):
     p, q, R = X.shape[1], Zs.shape[1], Y.shape[1]
     P = p + q + (2 if shape else 0)
     f64 = Y.dtype
@@ -246,6 +277,8 @@ def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_it
     ss = np.asarray(site_cols_scale, bool)
     slx = xp.asarray(sl.astype(float)) if xp is np else xp.as_tensor(sl.astype(float), dtype=f64, device=Y.device)
     ssx = xp.asarray(ss.astype(float)) if xp is np else xp.as_tensor(ss.astype(float), dtype=f64, device=Y.device)
+    sp = np.zeros(q, bool) if scale_prior_cols is None else np.asarray(scale_prior_cols, bool)
+    spx = xp.asarray(sp.astype(float)) if xp is np else xp.as_tensor(sp.astype(float), dtype=f64, device=Y.device)
     prob = _Problem(xp, X, Zs, Y, M, sl, ss, offset_mu, offset_ls, chunk_rows, pool)
     nobs = prob.nobs
 
@@ -283,7 +316,7 @@ def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_it
     cur = None
     for rnd in range(eb_rounds):
         pen_b = slx[:, None] / (tl[None, :] ** 2) + 1e-8       # (p, R); tiny ridge elsewhere
-        pen_g = ssx[:, None] / (ts[None, :] ** 2) + 1e-8
+        pen_g = ssx[:, None] / (ts[None, :] ** 2) + spx[:, None] / SCALE_PRIOR_SD ** 2 + 1e-8
 
         def objective(b, g, e, t, pen_b=pen_b, pen_g=pen_g):
             out = (prob.loglik(b, g, e, t) - 0.5 * (pen_b * b * b).sum(0)
@@ -347,7 +380,7 @@ def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_it
                 break
         # empirical-Bayes update of the site-effect prior variances
         if fixed_tau is None and rnd < eb_rounds - 1:
-            V = xp.linalg.inv(negH)
+            V = posterior_cov(xp, negH)
             vb = V[:, idx[:p], idx[:p]].T
             vg = V[:, idx[p:p + q], idx[p:p + q]].T
             nsl, nss = int(sl.sum()), int(ss.sum())

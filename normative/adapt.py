@@ -118,7 +118,7 @@ def adapt_sites(model, local_controls, *, min_controls: int = 5):
                       init=init, fixed_tau=(tau_loc, tau_scale), offset_mu=mu0, offset_ls=ls0,
                       max_iter=model.max_iter)
     del shape
-    V = np.linalg.inv(res.neg_hessian)                  # (R, 2S, 2S)
+    V = _engine.posterior_cov(np, res.neg_hessian)                  # (R, 2S, 2S)
     idx = np.arange(S)
     new = copy.deepcopy(model)
     new.design_.extra_sites = list(model.design_.extra_sites) + new_sites

@@ -446,19 +446,19 @@ class NormativeModel:
 
         t = lambda a: self._to_xp(xp, dev, a)  # noqa: E731
         args = (t(X), t(Zs), t(Ys), t(M), site_loc, site_sc)
+        prior = dict(scale_prior_cols=np.r_[False, ~site_sc[1:]], n_jobs=self.n_jobs)
         # a normal heteroscedastic fit first gives the SHASH fit a good start; on large
         # samples it runs on an evenly spaced subsample (it only provides the start)
         if self.likelihood == "shash" and len(controls) > 2 * _WARM_START_ROWS:
             stride = slice(None, None, int(np.ceil(len(controls) / _WARM_START_ROWS)))
             sub = (t(X[stride]), t(Zs[stride]), t(Ys[stride]), t(M[stride]), site_loc, site_sc)
-            res = _engine.fit(xp, *sub, shape=False, max_iter=self.max_iter, eb_rounds=2,
-                              n_jobs=self.n_jobs)
+            res = _engine.fit(xp, *sub, shape=False, max_iter=self.max_iter, eb_rounds=2, **prior)
         else:
-            res = _engine.fit(xp, *args, shape=False, max_iter=self.max_iter, n_jobs=self.n_jobs)
+            res = _engine.fit(xp, *args, shape=False, max_iter=self.max_iter, **prior)
         if self.likelihood == "shash":
             init = (res.beta, res.gamma, res.eps, res.tau)
             res2 = _engine.fit(xp, *args, shape=True, max_iter=self.max_iter, init=init,
-                               init_prior_sd=(res.tau_loc, res.tau_scale), n_jobs=self.n_jobs)
+                               init_prior_sd=(res.tau_loc, res.tau_scale), **prior)
             n_iter = res.n_iter + res2.n_iter
             res = res2
         else:
@@ -466,7 +466,7 @@ class NormativeModel:
         self.beta_ = self._to_np(res.beta)
         self.gamma_ = self._to_np(res.gamma)
         p, q = X.shape[1], Zs.shape[1]
-        V = np.linalg.inv(self._to_np(res.neg_hessian))
+        V = _engine.posterior_cov(np, self._to_np(res.neg_hessian))
         self.cov_beta_ = np.ascontiguousarray(V[:, :p, :p])
         self.cov_gamma_ = np.ascontiguousarray(V[:, p:p + q, p:p + q])
         self.eps_ = self._to_np(res.eps)
