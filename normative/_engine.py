@@ -199,8 +199,8 @@ class _Problem:
 def posterior_cov(xp, neg_hessian):
     """Inverse of each response's posterior precision (batched).
 
-    A response whose precision is singular or not finite (a degenerate fit, already
-    reported as not converged) gets the pseudo-inverse of its finite part instead of
+    A response whose precision is singular or not finite (a degenerate fit, usually
+    also reported as not converged) gets the pseudo-inverse of its finite part instead of
     failing the whole batch; the count is logged.
     """
     singular = (np.linalg.LinAlgError,) if xp is np else (xp.linalg.LinAlgError,)

@@ -115,7 +115,9 @@ class NormativeModel:
     scale_covariates : sequence of {"age", "sex"}, optional
         Covariates of the log-scale (heteroscedasticity). Default: age (B-spline) and
         sex when they are covariates. ``()`` gives a homoscedastic scale per region
-        (besides site scales), the structure of pcntoolkit's warped BLR.
+        (besides site scales), the structure of pcntoolkit's warped BLR. Their log-scale
+        coefficients carry a weak N(0, 1) prior (``normative._engine.SCALE_PRIOR_SD``):
+        negligible with hundreds of controls, it keeps fits on a few dozen from collapsing.
     log_responses : "csf", "all", None or sequence of str, default "csf"
         Responses modelled on the log scale (location, scale, site effects and SHASH
         shape all act on ``log(volume)``, so site and ICV effects are proportional).
