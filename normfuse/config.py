@@ -58,6 +58,10 @@ class Key:
 
 
 _P = "path"
+#: Numeric sex codes of a volumes section, as the subcommands' --sex-codes.
+_SEX_CODES = Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
+                 "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
+                 "F/M and female/male need none.")
 #: Row selection of a volumes section, as the subcommands' --join and --where.
 _JOIN = Key("paths", [], "Tables whose columns are added to these scans by subject_id "
             "(sub_id/participant_id read as such; also by session_id when both have it), e.g. "
@@ -82,9 +86,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "atlases": Key("strs", ["aseg", "aparc"], "Stats files read per scan from subjects_dir.",
                        choices=("aseg", "aparc", "aparc.DKTatlas", "aparc.a2009s", "wmparc",
                                 "brainvol")),
-        "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
-                         "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
-                         "F/M and female/male need none."),
+        "sex_codes": _SEX_CODES,
         "join": _JOIN,
         "where": _WHERE,
     },
@@ -97,9 +99,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "holdout_fraction": Key("float", 0.2, "Share of reference controls held out of the fit to "
                                 "check calibration and expected critical-deviation counts.",
                                 minimum=0.0, maximum=0.5),
-        "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
-                         "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
-                         "F/M and female/male need none."),
+        "sex_codes": _SEX_CODES,
         "join": _JOIN,
         "where": _WHERE,
     },
@@ -107,9 +107,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tables": Key("paths", [], "Local healthy controls scanned at the patients' sites, for "
                       "adapting the model to sites it was not fitted on (empty: no adaptation)."),
         "demographics": Key(_P, "", "subject_id, age, sex, site of the local controls."),
-        "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
-                         "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
-                         "F/M and female/male need none."),
+        "sex_codes": _SEX_CODES,
         "join": _JOIN,
         "where": _WHERE,
         "n_per_site": Key("int", 0, "Use only the first N local controls of each site for "
@@ -119,9 +117,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tables": Key("paths", [], "Controls for the count model (not in the reference fit); "
                       "controls used for adaptation are removed from this pool."),
         "demographics": Key(_P, "", "subject_id, age, sex, site of those controls."),
-        "sex_codes": Key("strs", [], "Meaning of numeric sex values in these tables, e.g. "
-                         "[\"0=F\", \"1=M\"] (FCON1000/PCNtoolkit) or [\"1=M\", \"2=F\"]; "
-                         "F/M and female/male need none."),
+        "sex_codes": _SEX_CODES,
         "join": _JOIN,
         "where": _WHERE,
         "match_on": Key("strs", ["age", "sex", "icv"], "Covariates for 1:1 nearest-neighbour "
