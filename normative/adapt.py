@@ -93,6 +93,9 @@ def adapt_sites(model, local_controls, *, min_controls: int = 5):
             stacklevel=2)
     Y = model._model_units(model._responses_matrix(local_controls, who), local_controls.index, who)
     M = np.isfinite(Y).astype(float)
+    modelled = getattr(model, "modelled_", None)
+    if modelled is not None:
+        M[:, ~modelled] = 0.0      # responses left out of the reference fit stay NaN
     Ys = np.where(M > 0, (np.where(M > 0, Y, 0.0) - model.y_mean_) / model.y_sd_, 0.0)
 
     # reference predictive at the average site, in standardised units

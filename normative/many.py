@@ -20,13 +20,14 @@ response in the batch has settled, so the round count can differ between batches
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from normfuse import checks
-from normfuse.errors import ColumnContractError, OutOfRangeWarning
+from normfuse.errors import ColumnContractError, DataDroppedWarning, OutOfRangeWarning
 
 __all__ = ["fit_chunked", "concat_models", "transform_chunked", "response_names"]
 
@@ -38,8 +39,15 @@ _RESPONSE_ARRAYS = {
     "y_mean_": 0, "y_sd_": 0, "y_raw_mean_": 0, "y_raw_sd_": 0, "log_mask_": 0,
     "site_prior_sd_": 1, "converged_": 0,
     "adapted_offset_": 1, "adapted_offset_var_": 1, "adapted_log_scale_": 1,
-    "adapted_log_scale_var_": 1,
+    "adapted_log_scale_var_": 1, "modelled_": 0,
 }
+# values a response left out of the fit carries (its Z and predictions are NaN whatever
+# they are; finite placeholders keep the batched linear algebra of other responses clean)
+_LEFT_OUT_FILL = {"y_sd_": 1.0, "y_raw_mean_": np.nan, "y_raw_sd_": np.nan,
+                  "site_prior_sd_": 1.0, "converged_": False, "modelled_": False,
+                  "log_mask_": False}
+#: fewest observed values a response needs to be fitted (as in NormativeModel.fit)
+_MIN_OBSERVED = 10
 # memory budget (bytes) for the (responses x rows x p) temporaries of chunked transform
 _TRANSFORM_BUDGET = 64 * 2**20
 
@@ -135,7 +143,10 @@ def fit_chunked(
         Column names of ``controls``, or an ``(n, R)`` numpy array / ``np.memmap``
         whose rows are the rows of ``controls`` (e.g. the vertex array of
         :func:`normative.surface.collect_surface`). Missing values (NaN) are left out
-        of that response's fit.
+        of that response's fit. Responses that are constant across the controls (a
+        template surface's medial wall) or have fewer than 10 observed values are left
+        out of the fit with a ``DataDroppedWarning`` that counts them: they stay in
+        ``responses_`` with ``modelled_`` False, and their Z are NaN.
     names : list of str, optional
         Names of array responses (default ``r00000`` ...).
     chunk_size : int, default 1000
@@ -156,7 +167,8 @@ def fit_chunked(
     Raises
     ------
     ColumnContractError
-        Missing covariate/response columns, or names clashing with covariates.
+        Missing covariate/response columns, names clashing with covariates, or no
+        response that can be fitted.
     ValueError
         Shapes that do not match, a bad ``chunk_size``.
 
@@ -190,17 +202,37 @@ def fit_chunked(
     need = [c for c in probe._needed_columns() + ["volume_kind"] if c in controls.columns]
     checks.require_columns(controls, probe._needed_columns(), who)
     cov = controls.loc[:, list(dict.fromkeys(need))]
-    blocks = _blocks(len(names), chunk_size)
+    all_names = names
 
-    def block_of(s, e):
+    def block_of(cols):     # cols: a slice, or an index array of the responses kept
         if Y is None:       # non-numeric cells raise naming the column, row and value
-            return checks.check_numeric(controls, names[s:e], who, allow_nan=True)
-        return np.asarray(Y[:, s:e], dtype=np.float64)
+            sel = all_names[cols] if isinstance(cols, slice) else [all_names[j] for j in cols]
+            return checks.check_numeric(controls, sel, who, allow_nan=True)
+        return np.asarray(Y[:, cols], dtype=np.float64)
+
+    keep = _fittable(block_of, len(names), chunk_size)
+    if not keep.any():
+        raise ColumnContractError(
+            f"{who}: none of the {len(names)} responses can be fitted: each is constant across "
+            f"the controls or has fewer than {_MIN_OBSERVED} observed values.")
+    idx = np.flatnonzero(keep)
+    if not keep.all():
+        dropped = [all_names[j] for j in np.flatnonzero(~keep)]
+        msg = (f"{who}: {len(dropped)} of {len(names)} responses are constant across the controls "
+               f"or have fewer than {_MIN_OBSERVED} observed values (e.g. {dropped[:5]}; on a "
+               "template surface, the medial wall); they are left out of the fit, their Z are "
+               "NaN and model.modelled_ marks them False.")
+        _log.warning(msg)
+        warnings.warn(msg, DataDroppedWarning, stacklevel=2)
+        names = [all_names[j] for j in idx]
+    blocks = _blocks(len(names), chunk_size)
+    cols_of = ((lambda s, e: slice(s, e)) if keep.all()
+               else (lambda s, e: idx[s:e]))
 
     if client is None:
         models = []
         for k, (s, e) in enumerate(blocks):
-            models.append(_fit_block(cov, block_of(s, e), names[s:e], model_kwargs))
+            models.append(_fit_block(cov, block_of(cols_of(s, e)), names[s:e], model_kwargs))
             _log.info("%s: fitted chunk %d/%d (responses %d-%d)", who, k + 1, len(blocks), s, e - 1)
     else:
         checks.optional_import("distributed", "dask", "fit_chunked(client=...)")
@@ -213,7 +245,7 @@ def fit_chunked(
 
         def submit(k):
             s, e = blocks[k]
-            blk = client.scatter(block_of(s, e))
+            blk = client.scatter(block_of(cols_of(s, e)))
             fut = client.submit(_fit_block, cov_f, blk, names[s:e], dict(model_kwargs),
                                 pure=False)
             slot[fut.key] = k
@@ -228,7 +260,39 @@ def fit_chunked(
                 pending.add(submit(nxt))
                 nxt += 1
         _log.info("%s: fitted %d chunks on the cluster", who, len(blocks))
-    return concat_models(models)
+    model = concat_models(models)
+    return model if keep.all() else _with_left_out(model, keep, all_names)
+
+
+def _fittable(block_of, R, chunk_size):
+    """Boolean (R,): responses with >= _MIN_OBSERVED observed values that are not constant."""
+    keep = np.zeros(R, bool)
+    for s, e in _blocks(R, chunk_size):
+        B = block_of(slice(s, e))
+        fin = np.isfinite(B)
+        n_obs = fin.sum(0)
+        lo = np.where(fin, B, np.inf).min(0)
+        hi = np.where(fin, B, -np.inf).max(0)
+        keep[s:e] = (n_obs >= _MIN_OBSERVED) & (hi > lo)
+    return keep
+
+
+def _with_left_out(model, keep, names):
+    """The fitted model widened to all ``names``; responses not in ``keep`` are left out."""
+    import copy
+
+    out = copy.copy(model)
+    idx = np.flatnonzero(keep)
+    out.responses = list(names)
+    out.responses_ = list(names)
+    for attr, axis in _RESPONSE_ARRAYS.items():
+        arr = np.asarray(getattr(model, attr))
+        shape = list(arr.shape)
+        shape[axis] = len(names)
+        full = np.full(shape, _LEFT_OUT_FILL.get(attr, 0), dtype=arr.dtype)
+        full[(slice(None),) * axis + (idx,)] = arr
+        setattr(out, attr, full)
+    return out
 
 
 def _probe_model(model_kwargs):
@@ -378,8 +442,6 @@ def transform_chunked(
     ndarray of shape (n, R)
         Z, equal to ``model.transform`` on the same data; NaN where ``Y`` is NaN.
     """
-    import warnings
-
     who = "transform_chunked"
     checks.check_is_fitted(model, ["responses_"])
     checks.require_dataframe(covariates, who, "covariates")

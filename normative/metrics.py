@@ -42,7 +42,8 @@ def _colwise(fn, y, *others):
         ok = np.isfinite(y2[:, j])
         for c in cols:
             ok &= np.isfinite(c)
-        out[j] = fn(y2[ok, j], *[c[ok] for c in cols])
+        # a response without two complete rows (e.g. one left out of the fit) has no value
+        out[j] = fn(y2[ok, j], *[c[ok] for c in cols]) if ok.sum() >= 2 else np.nan
     return out if y.ndim == 2 else out[0]
 
 
@@ -106,11 +107,17 @@ def evaluate(y, mean, sd, z, *, train_mean, train_sd, responses: Sequence[str]):
         "rho": rho(y, mean),
     }
     zm = np.where(np.isfinite(z), z, np.nan)
-    rows["z_mean"] = np.nanmean(zm, 0)
-    rows["z_sd"] = np.nanstd(zm, 0, ddof=1)
-    rows["z_skew"] = skew(zm, 0, nan_policy="omit")
-    rows["z_exkurt"] = kurtosis(zm, 0, fisher=True, nan_policy="omit")
-    rows["frac_abs_z_gt_1.96"] = np.nanmean(np.where(np.isfinite(zm), np.abs(zm) > 1.96, np.nan), 0)
-    rows["n"] = np.isfinite(zm).sum(0)
+    n = np.isfinite(zm).sum(0)
+    has = n >= 2                # responses without Z (left out of the fit) get NaN
+    stats = {"z_mean": lambda a: np.nanmean(a, 0), "z_sd": lambda a: np.nanstd(a, 0, ddof=1),
+             "z_skew": lambda a: skew(a, 0, nan_policy="omit"),
+             "z_exkurt": lambda a: kurtosis(a, 0, fisher=True, nan_policy="omit"),
+             "frac_abs_z_gt_1.96": lambda a: np.nanmean(
+                 np.where(np.isfinite(a), np.abs(a) > 1.96, np.nan), 0)}
+    for k, fn in stats.items():
+        rows[k] = np.full(zm.shape[1], np.nan)
+        if has.any():
+            rows[k][has] = fn(zm[:, has])
+    rows["n"] = n
     return pd.DataFrame({k: np.asarray(v, float) for k, v in rows.items()},
                         index=pd.Index(list(responses), name="response"))

@@ -161,6 +161,11 @@ class NormativeModel:
         Reference sites, then adapted sites.
     n_iter_ : int
     converged_ : ndarray of bool, one per response
+    modelled_ : ndarray of bool, one per response
+        False for responses left out of the fit (constant across the controls or with
+        fewer than 10 observed values; only :func:`normative.many.fit_chunked` leaves
+        responses out, e.g. a template surface's medial wall): their Z, predictions
+        and centiles are NaN, and ``converged_`` is False.
     volume_kind_ : str or None
     log_responses_ : list of str
         The responses modelled on the log scale.
@@ -434,7 +439,10 @@ class NormativeModel:
         self.y_sd_ = np.sqrt((((Yz - self.y_mean_) ** 2) * M).sum(0) / n_obs)
         if (self.y_sd_ <= 0).any():
             bad = [r for r, s in zip(self.responses_, self.y_sd_, strict=True) if s <= 0]
-            raise ColumnContractError(f"{who}: responses {bad} are constant; they cannot be modelled.")
+            raise ColumnContractError(
+                f"{who}: responses {bad[:10]} are constant; they cannot be modelled. Drop them; "
+                "for vertex arrays (a template surface's medial wall is constant), "
+                "normative.many.fit_chunked leaves such responses out with NaN Z.")
         if self.backend == "pcntoolkit":
             return self._fit_pcntoolkit(controls)
         Ys = np.where(M > 0, (Yz - self.y_mean_) / self.y_sd_, 0.0)
@@ -475,6 +483,7 @@ class NormativeModel:
         self.tau_ = self._to_np(res.tau)
         self.site_prior_sd_ = np.vstack([self._to_np(res.tau_loc), self._to_np(res.tau_scale)])
         self.converged_ = self._to_np(res.converged).astype(bool)
+        self.modelled_ = np.ones(len(self.responses_), bool)
         self.n_iter_ = int(n_iter)
         R = len(self.responses_)
         self.adapted_offset_ = np.zeros((0, R))
@@ -528,6 +537,7 @@ class NormativeModel:
         self.sites_ = list(self.design_.sites)
         self.n_reference_sites_ = len(self.sites_)
         self.converged_ = np.ones(len(self.responses_), bool)
+        self.modelled_ = np.ones(len(self.responses_), bool)
         self.n_iter_ = 0
         return self
 
@@ -568,6 +578,10 @@ class NormativeModel:
             sig_std = np.exp(ls)
         mu = self.y_mean_ + self.y_sd_ * mu_std
         sigma = self.y_sd_ * sig_std
+        modelled = getattr(self, "modelled_", None)
+        if modelled is not None and not modelled.all():
+            mu[:, ~modelled] = np.nan
+            sigma[:, ~modelled] = np.nan
         return mu, sigma, self.eps_[None, :], np.exp(self.tau_)[None, :], out
 
     def transform(self, data):
@@ -705,7 +719,8 @@ class NormativeModel:
                   "adapted_log_scale": self.adapted_log_scale_,
                   "adapted_log_scale_var": self.adapted_log_scale_var_,
                   "y_mean": self.y_mean_, "y_sd": self.y_sd_, "y_raw_mean": self.y_raw_mean_,
-                  "y_raw_sd": self.y_raw_sd_, "log_mask": self.log_mask_}
+                  "y_raw_sd": self.y_raw_sd_, "log_mask": self.log_mask_,
+                  "modelled": self.modelled_}
         return persist.save_state(path, kind="NormativeModel", meta=meta, arrays=arrays)
 
     @classmethod
@@ -727,10 +742,14 @@ class NormativeModel:
             setattr(obj, k + "_", np.asarray(arrays[k], dtype=float))
         obj.converged_ = np.asarray(arrays["converged"], dtype=bool)
         obj.log_mask_ = np.asarray(arrays["log_mask"], dtype=bool)
+        # saves from before responses could be left out modelled every response
+        obj.modelled_ = (np.asarray(arrays["modelled"], dtype=bool) if "modelled" in arrays
+                         else np.ones(len(obj.responses_), bool))
         for k in ("adapted_offset", "adapted_offset_var", "adapted_log_scale", "adapted_log_scale_var"):
             setattr(obj, k + "_", np.asarray(arrays[k], dtype=float).reshape(-1, len(meta["responses"])))
         R = len(obj.responses_)
         if (obj.beta_.shape[1] != R or obj.gamma_.shape[1] != R or obj.log_mask_.shape != (R,)
+                or obj.modelled_.shape != (R,)
                 or len(obj.sites_) != len(obj.design_.sites) + len(obj.design_.extra_sites)):
             from normfuse.errors import SchemaError
 

@@ -23,9 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from numpy.testing import assert_array_equal
+
+from normfuse.errors import DataDroppedWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+#: vertices of the simulated fsaverage5 surfaces that are 0 in every scan (the medial wall)
+MEDIAL_WALL = np.arange(5, 20484, 12)
 _MARKER = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```python\n(.*?)\n```", re.S)
 
 #: placeholder text in a block -> name of the stand-in value (filled in by each test)
@@ -173,7 +178,10 @@ def test_normative_quickstart(fs_data, controls_dir, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------- block 2
 def _simulate_surfaces(root: Path, n: int, rng) -> tuple[pd.DataFrame, np.ndarray]:
-    """fsaverage5 thickness MGH files: 2.0-3.2 mm thinning 0.006 mm/year, noise sd 0.1 mm."""
+    """fsaverage5 thickness MGH files: 2.0-3.2 mm thinning 0.006 mm/year, noise sd 0.1 mm.
+
+    Every 12th vertex is 0 in every scan, as FreeSurfer writes the medial wall.
+    """
     import nibabel as nib
 
     from normative.surface import TEMPLATE_VERTICES
@@ -185,6 +193,7 @@ def _simulate_surfaces(root: Path, n: int, rng) -> tuple[pd.DataFrame, np.ndarra
                          "site": np.where(np.arange(n) % 2 == 0, "A", "B")})
     eps = rng.normal(size=(n, 2 * nv))
     thick = rng.uniform(2.0, 3.2, 2 * nv) - 0.006 * (demo["age"].to_numpy()[:, None] - 45) + 0.1 * eps
+    thick[:, MEDIAL_WALL] = 0.0
     for i, sid in enumerate(ids):
         surf = root / sid / "surf"
         surf.mkdir(parents=True)
@@ -206,22 +215,31 @@ def test_vertexwise(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
     demographics, eps = _simulate_surfaces(tmp_path / "subjects", 100, np.random.default_rng(0))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("ignore", RuntimeWarning)      # overflow probes inside SHASH line search
         ns = _run("vertexwise", {'"/data/subjects"': repr(str(tmp_path / "subjects"))},
                   {"demographics": demographics})
+    # the medial wall is counted and left out, not fitted and not an error
+    dropped = [str(w.message) for w in caught if issubclass(w.category, DataDroppedWarning)]
+    assert len(dropped) == 1 and f"{MEDIAL_WALL.size} of 20484 responses" in dropped[0]
 
     rows, Y, cov, model, Z = ns["rows"], ns["Y"], ns["cov"], ns["model"], ns["Z"]
     assert Y.shape == (100, 20484) and rows["subject_id"].tolist() == demographics["subject_id"].tolist()
     assert len(model.responses_) == 20484 and model.responses_[0] == "lh_00000"
-    # Z in the memmap z.npy; recovers the planted standardised noise
+    assert_array_equal(np.flatnonzero(~model.modelled_), MEDIAL_WALL)
+    # Z in the memmap z.npy: NaN on the medial wall; elsewhere recovers the planted noise
     on_disk = np.load(tmp_path / "z.npy", mmap_mode="r")
     assert on_disk.dtype == np.float32 and on_disk.shape == Y.shape
-    assert float(np.corrcoef(np.asarray(on_disk).ravel(), eps.ravel())[0, 1]) > 0.85
+    z_all = np.asarray(on_disk)
+    assert np.isnan(z_all[:, MEDIAL_WALL]).all()
+    cortex = np.delete(np.arange(Y.shape[1]), MEDIAL_WALL)
+    assert np.isfinite(z_all[:, cortex]).all()
+    assert float(np.corrcoef(z_all[:, cortex].ravel(), eps[:, cortex].ravel())[0, 1]) > 0.85
     # the saved model gives the same Z as the memmap, and transform_chunked without out (first rows)
     loaded = NormativeModel.load(tmp_path / "thickness_model")
     head = transform_chunked(loaded, cov.iloc[:6], np.ascontiguousarray(Y[:6]))
-    np.testing.assert_allclose(np.asarray(on_disk[:6]), head, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(on_disk[:6]), head, rtol=2e-6, atol=2e-6, equal_nan=True)
     np.testing.assert_array_equal(np.asarray(Z[:6]), np.asarray(on_disk[:6]))
     # the plot: two hemispheres x two views, plus a colour bar
     import matplotlib.pyplot as plt

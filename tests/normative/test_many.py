@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
@@ -11,7 +12,7 @@ from normative import many
 from normative.many import concat_models, fit_chunked, response_names, transform_chunked
 from normative.model import NormativeModel
 from normative.simulate import simulate_controls, true_zscores
-from normfuse.errors import ColumnContractError, OutOfRangeWarning
+from normfuse.errors import ColumnContractError, DataDroppedWarning, OutOfRangeWarning
 
 COV = ["age", "sex", "icv", "site"]
 ARRAYS = ["beta_", "gamma_", "eps_", "tau_", "cov_beta_", "cov_gamma_", "y_mean_", "y_sd_",
@@ -160,6 +161,74 @@ def test_fit_chunked_input_errors(sim):
     bad.loc[bad.index[4], cols[0]] = "n/a"
     with pytest.raises(ColumnContractError, match=r"'n/a'"):
         fit_chunked(bad, cols, chunk_size=5)
+
+
+def test_constant_and_sparse_responses_are_left_out(sim, tmp_path):
+    """A medial-wall-like constant column and a sparse one: counted, left out, NaN Z.
+
+    The other responses equal a fit of those columns alone (same chunks: bit for bit);
+    predictions, centiles, score, save/load, adaptation and transform_chunked all keep
+    the left-out responses NaN.
+    """
+    ref, test, _, cols = sim
+    keep = [0, 2, 3, 5, 6]
+    Y = ref[cols[:7]].to_numpy().copy()
+    Y[:, 1] = 0.0                       # constant across every control (medial wall)
+    Y[9:, 4] = np.nan                   # 9 observed values: too few
+    with pytest.warns(DataDroppedWarning, match=r"2 of 7 responses .*'r00001', 'r00004'"):
+        nm = fit_chunked(ref[COV], Y, chunk_size=2)
+    assert nm.responses_ == response_names(7)
+    assert_array_equal(nm.modelled_, [True, False, True, True, False, True, True])
+    assert_array_equal(nm.converged_, nm.modelled_)
+    alone = fit_chunked(ref[COV], Y[:, keep], names=[nm.responses_[j] for j in keep], chunk_size=2)
+    Yt = test[cols[:7]].to_numpy()
+    Z = transform_chunked(nm, test[COV], Yt, chunk_size=3)
+    assert np.isnan(Z[:, [1, 4]]).all() and np.isfinite(Z[:, keep]).all()
+    # the same fits; the transform's blocks differ (chunk_size 3 vs 1000): rounding only
+    assert_allclose(Z[:, keep], transform_chunked(alone, test[COV], Yt[:, keep]), atol=1e-12)
+    assert_array_equal(nm.beta_[:, keep], alone.beta_)
+    frame = test[COV].join(pd.DataFrame(Yt, index=test.index, columns=nm.responses_))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # NaN responses raise no numpy warnings
+        mean, sd = nm.predict(frame)
+        cen = nm.centiles(frame)
+        sc = nm.score(frame)
+    assert mean.iloc[:, [1, 4]].isna().all().all() and mean.iloc[:, keep].notna().all().all()
+    assert sd.iloc[:, [1, 4]].isna().all().all()
+    assert cen[nm.responses_[1]].isna().all().all() and cen[nm.responses_[0]].notna().all().all()
+    assert sc.loc[["r00001", "r00004"]].drop(columns="n").isna().all().all()
+    assert (sc.loc[["r00001", "r00004"], "n"] == 0).all()
+    assert_allclose(sc.iloc[keep].to_numpy(), alone.score(frame).to_numpy())
+    nm.save(tmp_path / "m")
+    back = NormativeModel.load(tmp_path / "m")
+    assert_array_equal(back.modelled_, nm.modelled_)
+    assert_array_equal(back.transform(frame).to_numpy(), nm.transform(frame).to_numpy())
+    # a new site adapted from 40 controls: the modelled responses are the same as
+    # adapting the model of those responses alone
+    local = frame.iloc[:40].assign(site="new")
+    za = nm.adapt(local).transform(local)
+    assert za.iloc[:, [1, 4]].isna().all().all()
+    assert_allclose(za.iloc[:, keep].to_numpy(), alone.adapt(local).transform(local).to_numpy(),
+                    atol=1e-10)
+    # nothing to fit at all
+    with pytest.raises(ColumnContractError, match="none of the 2 responses"):
+        fit_chunked(ref[COV], Y[:, [1, 4]])
+
+
+def test_saves_without_the_modelled_array_load_as_all_modelled(sim, chunked):
+    """Older saves (no 'modelled' array) load with every response modelled."""
+    _, test, _, _ = sim
+    meta = {"params": chunked.get_params(), "responses": chunked.responses_,
+            "design": chunked.design_.to_dict(), "sites": chunked.sites_,
+            "n_reference_sites": chunked.n_reference_sites_, "volume_kind": chunked.volume_kind_,
+            "n_iter": chunked.n_iter_}
+    arrays = {k[:-1]: np.asarray(getattr(chunked, k)) for k in many._RESPONSE_ARRAYS
+              if k not in ("modelled_", "converged_")}
+    arrays["converged"] = chunked.converged_
+    arrays["site_prior_sd"] = chunked.site_prior_sd_
+    old = NormativeModel._from_state(meta, arrays, {})
+    assert old.modelled_.all() and old.modelled_.shape == (len(chunked.responses_),)
+    assert_array_equal(old.transform(test).to_numpy(), chunked.transform(test).to_numpy())
 
 
 @pytest.mark.gpu
