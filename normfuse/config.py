@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,24 +379,25 @@ def to_toml(config: Mapping[str, Mapping[str, Any]], *, relative_to: str | Path 
             comments: bool = True) -> str:
     """Write a configuration as TOML, each key preceded by its help text as a comment.
 
-    Paths under ``relative_to`` are written relative to it, so the file stays valid when
-    the folder moves.
+    Absolute paths under ``relative_to`` are written relative to it, so the file stays
+    valid when the folder moves; other paths are written as they are (a path outside
+    the folder stays absolute, and reads back to the same configuration).
     """
     rel = Path(relative_to).resolve() if relative_to is not None else None
+
+    def under(s):
+        p = Path(s)
+        if not s or rel is None or not p.is_absolute():
+            return s
+        try:
+            return p.resolve().relative_to(rel).as_posix()
+        except ValueError:
+            return s
 
     def fix(key: Key, v):
         if rel is None or key.type not in ("path", "paths"):
             return v
-        vals = v if isinstance(v, list) else [v]
-        outv = []
-        for s in vals:
-            if s:
-                try:
-                    s = os.path.relpath(s, rel)
-                except ValueError:
-                    pass
-            outv.append(s)
-        return outv if isinstance(v, list) else outv[0]
+        return [under(s) for s in v] if isinstance(v, list) else under(v)
 
     lines = ["# normfuse study configuration (schema: README 'Your own study').",
              "# Relative paths are resolved against this file's folder.", ""]
@@ -406,9 +406,9 @@ def to_toml(config: Mapping[str, Mapping[str, Any]], *, relative_to: str | Path 
         vals = config.get(sec, {})
         for name, key in keys.items():
             v = vals.get(name, key.default)
-            if sec == "clinical" and name == "source" and v and rel is not None \
+            if sec == "clinical" and name == "source" and v \
                     and not v.startswith(("postgres", "postgresql")):
-                v = os.path.relpath(v, rel)
+                v = under(v)
             v = fix(key, v)
             if comments:
                 lines.append(f"# {key.help}")

@@ -69,6 +69,25 @@ def test_toml_round_trip(tmp_path):
     assert '# Deviations counted in the main analysis' in p.read_text()
 
 
+def test_toml_round_trip_with_paths_outside_the_folder(tmp_path):
+    """Paths under the folder are written relative to it, others stay absolute; both read back."""
+    data, study = tmp_path / "data", tmp_path / "study"
+    study.mkdir()
+    cfg = parse_config(_raw(reference={"tables": [str(data / "ref.txt"), "ref2.txt"]},
+                            clinical={"source": str(data / "ehr.duckdb")}), base_dir=study)
+    p = study / "study.toml"
+    text = to_toml(cfg, relative_to=study)
+    p.write_text(text)
+    assert load_config(p) == cfg
+    assert f'tables = ["{data / "ref.txt"}", "ref2.txt"]' in text
+    assert f'source = "{data / "ehr.duckdb"}"' in text
+    # the folder moves with its files inside: the relative entries follow it
+    moved = tmp_path / "moved"
+    study.rename(moved)
+    back = load_config(moved / "study.toml")
+    assert back["reference"]["tables"] == [str(data / "ref.txt"), str(moved / "ref2.txt")]
+
+
 def test_load_config_missing_and_invalid(tmp_path):
     """A missing file or broken TOML gives a ConfigError naming the file."""
     with pytest.raises(ConfigError, match="config file not found"):
