@@ -265,5 +265,5 @@ def require_single_volume_kind(df: pd.DataFrame, *, who: str = "require_single_v
             ".stats volumes, aseg.mgz voxel counts and SynthSeg soft volumes differ "
             "systematically; use one kind, e.g. df[df['volume_kind'] == 'pv_corrected'].")
     if not labels:
-        raise VolumeKindError(f"{who}: the table has no rows.")
+        raise ColumnContractError(f"{who}: the table has no rows; pass at least one scan.")
     return labels[0]

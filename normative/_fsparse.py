@@ -244,9 +244,19 @@ def numeric_column(cells, j: int, colname: str, row_lines, path,
     """Convert column ``j`` of a str cell table to float64, naming the first bad cell."""
     col = cells[:, j]
     try:
-        return np.array(col, dtype=np.float64)
+        out = np.array(col, dtype=np.float64)
     except ValueError:
-        pass
+        out = None
+    if out is not None:
+        bad = np.flatnonzero(~np.isfinite(out))
+        if bad.size:        # 'nan'/'inf' parse as floats but no FreeSurfer tool writes them
+            k = int(bad[0])
+            who = f" of {row_names[k]!r}" if row_names is not None else ""
+            raise InputFormatError(
+                f"column {colname!r}{who} holds {str(col[k])!r}, which is not a finite number"
+                f"{f' ({bad.size} such cells)' if bad.size > 1 else ''}. {_RERUN}",
+                path=path, line=row_lines[k])
+        return out
     for k, s in enumerate(col):
         try:
             float(s)

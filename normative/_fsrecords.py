@@ -119,6 +119,10 @@ def _aseg_record(raw: RawStats, *, measure: str, include_measures: bool):
     names = harmonise_region_names(raw_names)
     _check_harmonised_unique(names, raw_names, raw.path)
     vals = numeric_column(raw.cells, jv, col, raw.row_lines, raw.path, raw_names)
+    other = "NVoxels" if col == "Volume_mm3" else "Volume_mm3"
+    if other in raw.columns:    # a damaged cell in the other size column means a damaged file
+        numeric_column(raw.cells, raw.columns.index(other), other, raw.row_lines, raw.path,
+                       raw_names)
     kind = "pv_corrected"
     if measure == "nvoxels":
         vox = raw.header.get("VoxelVolume_mm3", "1").split()

@@ -242,7 +242,13 @@ def import_braincharts(zip_path, measures: Sequence[str] | None = None, *,
         sites = [s.strip() for s in Path(site_ids).read_text().splitlines() if s.strip()]
     else:
         sites = [str(s) for s in site_ids]
-    with zipfile.ZipFile(zip_path) as zf:
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile:
+        raise InputFormatError(
+            "not a zip archive. Pass the braincharts model zip as downloaded (e.g. "
+            "lifespan_57K_82sites.zip), not an extracted file.", path=zip_path) from None
+    with zf:
         entries = _measure_entries(zf)
         if not entries:
             raise SchemaError(f"{zip_path}: no '<measure>/Models/{_MODEL_FILE}' entries; "

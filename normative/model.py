@@ -38,6 +38,8 @@ CSF_PATTERN = re.compile(r"ventricle|inf-lat-vent|(^|[-_ ])csf($|[-_ ])", re.IGN
 _GH_NODES = 48       # Gauss-Hermite nodes for the original-unit moments of log responses
 _WARM_START_ROWS = 8000
 _MIN_SITE_LOG_SCALE_SD = 0.10
+#: options NormativeModel(backend="pcntoolkit", backend_options=...) passes to PcnBackend
+_PCN_OPTIONS = frozenset({"optimizer", "warp", "n_knots", "spline_order"})
 
 
 def _quad_forms(A, covs, max_bytes=256 * 2**20):
@@ -141,6 +143,11 @@ class NormativeModel:
     backend : {"native", "pcntoolkit"}, default "native"
         ``"pcntoolkit"`` fits pcntoolkit 1.3's warped BLR behind this interface
         (extra ``pcn``; slow, for reference comparisons).
+    backend_options : dict, optional
+        Options of the pcntoolkit backend (:class:`normative._pcn.PcnBackend`):
+        ``optimizer`` (``"l-bfgs-b"``, pcntoolkit's default, or ``"powell"``, which
+        reaches the optimum of its marginal likelihood where the default stops short),
+        ``warp`` (``"SinhArcsinh"`` or None), ``n_knots``, ``spline_order``.
     device : {"cpu", "cuda", "auto", "torch:cpu"}, default "cpu"
         ``"cuda"`` (or ``"auto"`` with a GPU) fits with torch on the GPU in float64,
         giving the CPU (numpy) results to float tolerance; ``"torch:cpu"`` runs the
@@ -201,6 +208,7 @@ class NormativeModel:
         log_responses: str | Sequence[str] | None = "csf",
         predictive: Literal["posterior", "plugin"] = "posterior",
         backend: Literal["native", "pcntoolkit"] = "native",
+        backend_options: dict | None = None,
         device: str = "cpu",
         max_iter: int = 100,
         n_jobs: int | None = None,
@@ -217,6 +225,7 @@ class NormativeModel:
         self.log_responses = log_responses
         self.predictive = predictive
         self.backend = backend
+        self.backend_options = backend_options
         self.device = device
         self.max_iter = max_iter
         self.n_jobs = n_jobs
@@ -234,6 +243,7 @@ class NormativeModel:
             ("log_responses", self.log_responses if self.log_responses is None
              or isinstance(self.log_responses, str) else list(self.log_responses)),
             ("backend", self.backend),
+            ("backend_options", None if self.backend_options is None else dict(self.backend_options)),
             ("device", self.device), ("max_iter", self.max_iter), ("n_jobs", self.n_jobs),
             ("verbose", self.verbose))}
 
@@ -244,6 +254,14 @@ class NormativeModel:
             raise ValueError(f"Got predictive={self.predictive!r}; expected 'posterior' or 'plugin'.")
         if self.backend not in ("native", "pcntoolkit"):
             raise ValueError(f"Got backend={self.backend!r}; expected 'native' or 'pcntoolkit'.")
+        if self.backend_options:
+            if self.backend != "pcntoolkit":
+                raise ValueError("backend_options apply to backend='pcntoolkit' only; got "
+                                 f"{self.backend_options!r} with backend={self.backend!r}.")
+            bad = sorted(set(self.backend_options) - _PCN_OPTIONS)
+            if bad:
+                raise ValueError(f"backend_options: unknown {bad}; expected some of "
+                                 f"{sorted(_PCN_OPTIONS)}.")
         if self.scale_covariates is not None:
             bad = [c for c in self.scale_covariates if c not in ("age", "sex") or c not in self.covariates]
             if bad:
@@ -430,7 +448,7 @@ class NormativeModel:
             small = counts[counts < 5]
             if len(small):
                 warnings.warn(
-                    f"{who}: sites with fewer than 5 controls: {dict(small)}; their site effects are "
+                    f"{who}: sites with fewer than 5 controls: {({str(k): int(v) for k, v in small.items()})}; their site effects are "
                     "shrunk strongly toward the average site. Silence with warnings.filterwarnings("
                     "'ignore', category=SmallReferenceGroupWarning).", SmallReferenceGroupWarning,
                     stacklevel=3)
@@ -532,7 +550,8 @@ class NormativeModel:
         if self.site_col is not None:
             batch.append(self.site_col)
         covs = [c for c in self.covariates if c != "sex"]
-        self._pcn = PcnBackend(self.responses_, covariates=tuple(covs), batch_effects=tuple(batch))
+        self._pcn = PcnBackend(self.responses_, covariates=tuple(covs), batch_effects=tuple(batch),
+                               **(self.backend_options or {}))
         self._pcn.fit(controls)
         self.sites_ = list(self.design_.sites)
         self.n_reference_sites_ = len(self.sites_)
@@ -653,7 +672,12 @@ class NormativeModel:
         import pandas as pd
 
         who = self._who("logpdf")
+        checks.check_is_fitted(self, ["responses_"])
         Y = self._responses_matrix(data, who)
+        if self.backend == "pcntoolkit":
+            self._check_covariates(data, who)
+            return pd.DataFrame(self._pcn.logpdf(data), index=data.index,
+                                columns=list(self.responses_))
         mu, sigma, eps, delta, _ = self._params(data, who)
         Ym = self._model_units(Y, data.index, who)
         lp = _shash.logpdf(np, Ym, mu, np.log(sigma), eps, np.log(delta))

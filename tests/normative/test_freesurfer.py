@@ -522,6 +522,22 @@ def _as_lh(fs_data, tmp_path) -> Path:
     return tmp_path / "lh.aseg.stats"
 
 
+def test_non_finite_and_damaged_size_cells_are_refused(fs_data, tmp_path):
+    """'nan' in Volume_mm3 and a damaged NVoxels cell are refused, naming line, column and region."""
+    txt = _aseg_text(fs_data)
+    row = "  5  10      8431     8066.3  Left-Thalamus"
+    line = _line_of(txt, row)
+    f = tmp_path / "aseg.stats"
+    f.write_text(txt.replace(row, "  5  10      8431        nan  Left-Thalamus"))
+    with pytest.raises(InputFormatError, match=rf"line {line}: column 'Volume_mm3' of "
+                       r"'Left-Thalamus' holds 'nan', which is not a finite number"):
+        read_aseg_stats(f)
+    f.write_text(txt.replace(row, "  5  10      84x1     8066.3  Left-Thalamus"))
+    with pytest.raises(InputFormatError, match=rf"line {line}: column 'NVoxels' of "
+                       r"'Left-Thalamus' holds '84x1', which is not a number"):
+        read_aseg_stats(f)
+
+
 def test_bad_measure_and_wrong_kind(fs_data, tmp_path):
     """A broken '# Measure' line and an aparc file given to read_aseg_stats are named."""
     txt = _aseg_text(fs_data)

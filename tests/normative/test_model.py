@@ -214,6 +214,10 @@ def test_bad_input_messages(fitted, sim):
         fitted.transform(sim[1].iloc[:2].assign(age=["old", 40]))
     with pytest.raises(ValueError, match="likelihood"):
         NormativeModel(REGIONS, likelihood="t").fit(sim[0])
+    with pytest.raises(ValueError, match="backend='pcntoolkit' only"):
+        NormativeModel(REGIONS, backend_options={"optimizer": "powell"}).fit(sim[0])
+    with pytest.raises(ValueError, match=r"unknown \['optimiser'\]"):
+        NormativeModel(REGIONS, backend="pcntoolkit", backend_options={"optimiser": "powell"}).fit(sim[0])
     # infinities are refused (not treated as missing) in the fit data and at transform
     ref = sim[0].copy()
     ref.loc[ref.index[5], "Right-Thalamus"] = np.inf

@@ -147,15 +147,18 @@ def test_native_and_pcntoolkit_agree(split, native):
     train, test, regions = split
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pw = run_pcn_benchmark(train, test, regions, optimizer="powell")
+        # both backends through the public class: NormativeModel(backend="pcntoolkit")
+        pw = NormativeModel(regions, backend="pcntoolkit",
+                            backend_options={"optimizer": "powell"}).fit(train)
         st = run_pcn_benchmark(train, test, regions)
     zn = native.transform(test).to_numpy()
-    corr = np.array([np.corrcoef(zn[:, j], pw["z"][:, j])[0, 1] for j in range(len(regions))])
+    zp = pw.transform(test).to_numpy()
+    corr = np.array([np.corrcoef(zn[:, j], zp[:, j])[0, 1] for j in range(len(regions))])
     assert corr.min() >= 0.98, dict(zip(regions, corr.round(4), strict=True))
     # the converged fit is the better fit of pcntoolkit's own model: higher training
     # log-likelihood (mean over regions; measured +0.05 nats per value, +0.11 in the
     # left hippocampus) and no region worse beyond optimiser tolerance
-    tr_pw = pw["model"].logpdf(train).mean(0)
+    tr_pw = pw.logpdf(train).to_numpy().mean(0)
     tr_st = st["model"].logpdf(train).mean(0)
     assert (tr_pw - tr_st).mean() > 0.02 and (tr_pw - tr_st).min() > -0.005
     # the native model predicts the held-out volumes at least as well as the stock fit
@@ -174,6 +177,14 @@ def test_pcntoolkit_backend_through_the_public_class(split):
         dev = nm.deviations(test)
         cen = nm.centiles(test.iloc[:3], q=(0.1, 0.5, 0.9))
     assert sc["expv"].between(0.2, 0.8).all() and (sc["z_sd"] - 1).abs().max() < 0.15
+    # log densities per original unit: finite, and higher at the predicted mean than 2 sd away
+    mean, sd = nm.predict(test.iloc[:5])
+    at = test.iloc[:5].copy()
+    at[regions[:2]] = mean.to_numpy()
+    off = at.copy()
+    off[regions[:2]] = (mean + 2 * sd).to_numpy()
+    lp_at, lp_off = nm.logpdf(at).to_numpy(), nm.logpdf(off).to_numpy()
+    assert np.isfinite(lp_at).all() and (lp_at > lp_off + 1.0).all()
     assert {"n_crit", "age_out_of_range"} <= set(dev.columns) and len(dev) == len(test)
     lo, mid, hi = (cen.xs(q, axis=1, level="q").to_numpy() for q in (0.1, 0.5, 0.9))
     assert (lo < mid).all() and (mid < hi).all()
