@@ -51,6 +51,7 @@ import numpy as np
 from normfuse import checks, persist
 from normfuse.errors import (
     ColumnContractError,
+    InputFormatError,
     OutOfRangeWarning,
     SchemaError,
     SmallReferenceGroupWarning,

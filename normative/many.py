@@ -440,7 +440,10 @@ def transform_chunked(
     Returns
     -------
     ndarray of shape (n, R)
-        Z, equal to ``model.transform`` on the same data; NaN where ``Y`` is NaN.
+        Z, equal to ``model.transform`` on the same data; NaN where ``Y`` is NaN and for
+        responses left out of the fit (``model.modelled_`` False). Rows with ages outside
+        the reference range warn once; ``model.age_out_of_range(covariates)`` flags them
+        (a boolean Series aligned with the rows of Z).
     """
     who = "transform_chunked"
     checks.check_is_fitted(model, ["responses_"])

@@ -260,6 +260,16 @@ def test_clear_errors(zip_path, bc, fcon):
         import_braincharts(zip_path, measures=["Left-Thalamus-Propr"])
 
 
+def test_non_zip_file_is_named(tmp_path):
+    """A file that is not a zip archive raises InputFormatError naming it."""
+    from normfuse.errors import InputFormatError
+
+    f = tmp_path / "NM_0_0_estimate.pkl"
+    f.write_bytes(b"\x80\x04not a zip")
+    with pytest.raises(InputFormatError, match=r"NM_0_0_estimate\.pkl.*not a zip archive"):
+        import_braincharts(f)
+
+
 def test_out_of_range_age_warns_and_flags(bc, fcon):
     """Ages outside the 2-100 training range warn (OutOfRangeWarning) and are flagged in deviations()."""
     rows = fcon.iloc[:3].assign(site="ixi")

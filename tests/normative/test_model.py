@@ -311,6 +311,19 @@ def test_small_reference_set_stays_sane():
     assert 0.85 < z.std() < 1.2
 
 
+@pytest.mark.parametrize("n, sizes", [(5000, [2500, 2500]), (4096, [4096]), (4097, [2049, 2048]),
+                                      (9000, [3000, 3000, 3000]), (100, [100])])
+def test_row_chunks_are_even(n, sizes):
+    """Rows are split into equal chunks of at most 4,096, so threads get equal work."""
+    from normative import _engine
+
+    X = np.ones((n, 1))
+    Y = np.zeros((n, 1))
+    prob = _engine._Problem(np, X, X, Y, np.ones((n, 1)), np.zeros(1, bool), np.zeros(1, bool),
+                            None, None, _engine._CHUNK_ROWS)
+    assert [c[0].shape[0] for c in prob.chunks] == sizes
+
+
 def test_n_jobs_does_not_change_the_fit():
     """Threads share the row chunks of a large fit; one thread gives the same model."""
     df = simulate_controls(9000, 3, n_sites=3, seed=5)
