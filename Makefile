@@ -12,7 +12,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# torch first (the CPU wheel), so nothing later pulls a multi-GB CUDA build.
+# torch first, pinned: on machines whose pip configuration serves the CPU wheel (the
+# project's CI), nothing later pulls a multi-GB CUDA build; plain PyPI gives the CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
