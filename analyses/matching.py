@@ -23,7 +23,7 @@ from normfuse.checks import (
     require_columns,
     require_dataframe,
 )
-from normfuse.errors import ColumnContractError, DataDroppedWarning
+from normfuse.errors import ColumnContractError, ConvergenceWarning, DataDroppedWarning
 from normfuse.results import ResultMixin
 
 __all__ = ["MatchResult", "match_controls", "smd"]
@@ -108,11 +108,17 @@ def _encode(df: pd.DataFrame, on: Sequence[str], who: str) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def _logistic(X: np.ndarray, y: np.ndarray, names: Sequence[str], who: str) -> np.ndarray:
-    """Unpenalised logistic regression by IRLS (R's glm binomial); refuses separation."""
+def _logistic(X: np.ndarray, y: np.ndarray, names: Sequence[str], who: str,
+              max_iter: int = 50) -> np.ndarray:
+    """Unpenalised logistic regression by IRLS (R's glm binomial); refuses separation.
+
+    Warns (:class:`~normfuse.errors.ConvergenceWarning`) when the Newton steps have not
+    fallen below 1e-10 within ``max_iter`` iterations.
+    """
     A = np.column_stack([np.ones(len(y)), (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1)])
     b = np.zeros(A.shape[1])
-    for _ in range(50):
+    converged = False
+    for _ in range(max_iter):
         eta = A @ b
         p = 1 / (1 + np.exp(-eta))
         w = p * (1 - p)
@@ -120,6 +126,7 @@ def _logistic(X: np.ndarray, y: np.ndarray, names: Sequence[str], who: str) -> n
         step = np.linalg.solve(H + 1e-12 * np.eye(len(b)), A.T @ (y - p))
         b = b + step
         if np.max(np.abs(step)) < 1e-10:
+            converged = True
             break
     eta = A @ b
     if np.max(np.abs(eta)) > 25:
@@ -131,7 +138,78 @@ def _logistic(X: np.ndarray, y: np.ndarray, names: Sequence[str], who: str) -> n
             + (f" (no overlap in {sep})" if sep else "")
             + "; no control is comparable to some patients. Restrict both groups to the "
             "common range of the covariates, or match on fewer covariates.")
+    if not converged:
+        warnings.warn(
+            f"{who}: the propensity model (logistic IRLS on {list(names)}) did not converge "
+            f"within {max_iter} iterations (last step {float(np.max(np.abs(step))):.3g}); the "
+            "scores and hence the matches may be off. Check for near-collinear covariates or "
+            "match on fewer of them; silence with warnings.simplefilter('ignore', "
+            "normfuse.errors.ConvergenceWarning).", ConvergenceWarning, stacklevel=3)
     return eta
+
+
+def _find(parent: list, r: int) -> int:
+    """Union-find root with path compression (``parent[r] == r`` marks a live slot)."""
+    root = r
+    while parent[root] != root:
+        root = parent[root]
+    while parent[r] != root:
+        parent[r], r = root, parent[r]
+    return root
+
+
+def _greedy_match(ep: np.ndarray, ec: np.ndarray, seq: np.ndarray,
+                  cal_abs: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy nearest-neighbour matching without replacement on sorted control scores.
+
+    Patients ``seq[0], seq[1], ...`` in turn take the unused control with the smallest
+    ``|ec - ep[i]|`` (ties: the smallest control position), unless that distance exceeds
+    ``cal_abs``. Identical to scanning all unused controls per patient, in
+    O((n_p + n_c) log n_c): controls are grouped by distinct score (runs, sorted), a run
+    hands out its members in input order, and two union-find arrays skip exhausted runs to
+    the left and right of each patient's ``np.searchsorted`` position. Greedy choice is
+    sequential by definition (each pick depends on the earlier ones), so one cheap scalar
+    step per patient remains.
+
+    Returns patient positions, control positions (pairs in ``seq`` order) and the
+    positions of unmatched patients.
+    """
+    order = np.argsort(ec, kind="stable")        # equal scores keep input order
+    u, start, size = np.unique(ec[order], return_index=True, return_counts=True)
+    m = len(u)
+    ins = np.searchsorted(u, ep[seq], side="left").tolist()
+    u_l, start_l, size_l, order_l = u.tolist(), start.tolist(), size.tolist(), order.tolist()
+    ep_l = ep[seq].tolist()
+    taken = [0] * m
+    right = list(range(m + 1))     # right[r]: next live run >= r (m: none)
+    left = list(range(m + 1))      # left[k]: next live run <= k - 1, stored as run + 1 (0: none)
+    inf = float("inf")
+    pi, ci, unmatched = [], [], []
+    for i, x, k in zip(seq.tolist(), ep_l, ins, strict=True):
+        r = _find(right, k)
+        lk = _find(left, k) - 1
+        d_r = abs(u_l[r] - x) if r < m else inf
+        d_l = abs(u_l[lk] - x) if lk >= 0 else inf
+        d = min(d_r, d_l)
+        if not d < inf or (cal_abs is not None and d > cal_abs):
+            unmatched.append(i)
+            continue
+        cands = []
+        # every live run at exactly distance d (distinct scores can round to one distance)
+        while r < m and abs(u_l[r] - x) == d:
+            cands.append(r)
+            r = _find(right, r + 1)
+        while lk >= 0 and abs(u_l[lk] - x) == d:
+            cands.append(lk)
+            lk = _find(left, lk) - 1
+        best = min(cands, key=lambda q: order_l[start_l[q] + taken[q]])
+        pi.append(i)
+        ci.append(order_l[start_l[best] + taken[best]])
+        taken[best] += 1
+        if taken[best] == size_l[best]:
+            right[best] = best + 1
+            left[best + 1] = best
+    return np.array(pi, int), np.array(ci, int), np.array(unmatched, int)
 
 
 def match_controls(patients: pd.DataFrame, controls: pd.DataFrame,
@@ -202,19 +280,8 @@ def match_controls(patients: pd.DataFrame, controls: pd.DataFrame,
         seq = np.arange(len(ep))
     else:
         raise ValueError(f"{who}: order={order!r}; expected 'largest', 'smallest', 'data' or 'random'.")
-    used = np.zeros(len(ec), bool)
-    pi, ci = [], []
-    unmatched = []
-    for i in seq:                      # greedy: one numpy pass per patient
-        dist = np.where(used, np.inf, np.abs(ec - ep[i]))
-        j = int(np.argmin(dist))
-        if not np.isfinite(dist[j]) or (cal_abs is not None and dist[j] > cal_abs):
-            unmatched.append(pid[i])
-            continue
-        used[j] = True
-        pi.append(i)
-        ci.append(j)
-    pi, ci = np.array(pi, int), np.array(ci, int)
+    pi, ci, um = _greedy_match(ep, ec, seq, cal_abs)
+    unmatched = pid[um].tolist()
     keep = np.argsort(pi, kind="stable")           # pairs in patients' input order
     pi, ci = pi[keep], ci[keep]
     pairs = pd.DataFrame({"patient_id": pid[pi].to_numpy(), "control_id": cid[ci].to_numpy(),

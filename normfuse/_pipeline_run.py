@@ -53,7 +53,10 @@ class PipelineResults:
         ``normative_calibration`` (held-out reference controls: Z mean/SD, share
         |Z| > threshold per region), ``normative_regions`` (EXPV, SMSE, MSLL, Rho per region
         on held-out controls), ``critical_counts`` (expected vs observed critical
-        deviations: held-out controls, local controls, patients) (normative);
+        deviations: held-out controls, local controls, patients), ``reference_fit_ids``
+        (subject_id, session_id, site of the scans the normative model was fitted on;
+        absent when it was loaded from a file; matching controls among them are refused)
+        (normative);
         ``visits``, ``analysis_table`` (features); ``model_predictions``,
         ``model_metrics`` (models); ``cohort_summary``, ``matching_balance``,
         ``count_models``, ``mixed_model``, ``survival`` (analyses).
@@ -97,7 +100,7 @@ _NEEDS_RESULTS = {"report": ("normative", "models", "analyses")}
 STAGE_TABLES = {
     "collect": ("volumes_patients", "volumes_reference", "volumes_adaptation", "volumes_controls"),
     "normative": ("deviations", "deviations_both", "deviations_controls", "normative_calibration",
-                  "normative_regions", "critical_counts"),
+                  "normative_regions", "critical_counts", "reference_fit_ids"),
     "features": ("visits", "analysis_table", "event_times"),
     "models": ("model_predictions", "model_metrics", "model_comparison"),
     "analyses": ("cohort_summary", "matching_balance", "count_models", "mixed_model", "survival",

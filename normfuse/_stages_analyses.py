@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from normfuse._pipeline_common import _baseline, _ns, log
+from normfuse._stages_imaging import refuse_reference_overlap
 
 
 def stage_analyses(cfg: Mapping, ctx: dict) -> dict:
@@ -31,8 +32,19 @@ def stage_analyses(cfg: Mapping, ctx: dict) -> dict:
     count_rows = []
     if "deviations_controls" in t:
         ctrl = _baseline(t["deviations_controls"]).set_index("subject_id", drop=False)
+        ref_ids = t.get("reference_fit_ids")
+        if ref_ids is None:
+            log.warning("analyses: the normative model was loaded from a file ([reference] "
+                        "model), which records no subject ids, so nothing checks that the "
+                        "matching controls ([controls] tables) were not in its reference fit; "
+                        "make sure they were not")
+            reference_ids = None
+        else:
+            refuse_reference_overlap(ctrl, ref_ids, "analyses")
+            # and match_controls guards the same ids itself
+            reference_ids = ref_ids["subject_id"].astype("string").dropna().unique().tolist()
         mr = match_controls(base, ctrl, on=tuple(cfg["controls"]["match_on"]),
-                            random_state=seed)
+                            reference_ids=reference_ids, random_state=seed)
         results["matching"] = mr
         tables["matching_balance"] = mr.summary().reset_index()
         both = mr.matched(base, ctrl)

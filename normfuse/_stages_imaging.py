@@ -58,6 +58,42 @@ def _known_sites(func, who: str, cfg: Mapping):
             known=exc.known) from exc
 
 
+#: Columns of the ``reference_fit_ids`` table (those present in the reference volumes).
+_REF_ID_COLS = ("subject_id", "session_id", "site")
+
+
+def reference_fit_ids(fit_on: pd.DataFrame) -> pd.DataFrame:
+    """The scans the normative model was fitted on: subject_id (and session_id, site), as text."""
+    cols = [c for c in _REF_ID_COLS if c in fit_on.columns]
+    return pd.DataFrame({c: fit_on[c].astype("string").to_numpy() for c in cols})
+
+
+def refuse_reference_overlap(controls: pd.DataFrame, ref_ids: pd.DataFrame, stage: str) -> list:
+    """Raise when matching controls were in the normative reference fit; return their ids.
+
+    Keyed on ``subject_id``: another session of a subject in the fit is not out-of-sample
+    either. The message names the overlapping ids and the config keys to change.
+    """
+    from normfuse.errors import ColumnContractError
+
+    ref = pd.Index(ref_ids["subject_id"].astype("string").dropna().unique())
+    subj = controls["subject_id"].astype("string")
+    hit = subj.isin(ref).to_numpy(dtype=bool)
+    if not hit.any():
+        return []
+    ids = sorted(subj[hit].unique().tolist())
+    shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    raise ColumnContractError(
+        f"[{stage}] {len(ids)} matching controls ([controls] tables) were used to fit the "
+        f"normative reference model ([reference] tables): {shown}. A control in the reference "
+        "fit has Z-scores shrunk toward 0, which biases every patient-control comparison, so "
+        "matched controls are never taken from the fit. Fix one of: 1) point [controls] "
+        "tables (or demographics) at controls outside the reference; 2) leave them out of "
+        f"the matching pool with [controls] where = [\"subject_id!={','.join(ids[:3])}"
+        f"{',...' if len(ids) > 3 else ''}\"] (or a column that marks the split); 3) leave "
+        "them out of the reference with [reference] where.")
+
+
 def stage_normative(cfg: Mapping, ctx: dict) -> dict:
     """Fit (or load) the normative model, adapt it, score patients and controls."""
     from normative.deviations import critical_deviations, expected_counts
@@ -71,6 +107,7 @@ def stage_normative(cfg: Mapping, ctx: dict) -> dict:
     thr, tail = n["threshold"], n["tail"]
     tables: dict[str, pd.DataFrame] = {}
     held = None
+    ref_ids = None       # a model loaded from a file records no subject ids
     if cfg["reference"]["model"]:
         model = NormativeModel.load(_need(cfg["reference"]["model"], "[reference] model",
                                           folder=True))
@@ -90,6 +127,8 @@ def stage_normative(cfg: Mapping, ctx: dict) -> dict:
         held, fit_on = ref.loc[is_held], ref.loc[~is_held]
         model = NormativeModel(regions, likelihood=n["likelihood"], device=n["device"])
         model.fit(fit_on)
+        ref_ids = reference_fit_ids(fit_on)
+        tables["reference_fit_ids"] = ref_ids
     adapt = t.get("volumes_adaptation")
     used_local = pd.DataFrame()
     if adapt is not None and len(adapt):
@@ -136,6 +175,8 @@ def stage_normative(cfg: Mapping, ctx: dict) -> dict:
             log.info("controls: %d used for adaptation removed from the matching pool",
                      int((~mask).sum()))
             ctrl = ctrl.loc[mask]
+        if ref_ids is not None:          # fail before the later stages run, not at matching
+            refuse_reference_overlap(ctrl, ref_ids, "normative")
         dc = _known_sites(lambda: model.deviations(ctrl, threshold=thr, tail=tail),
                           "controls", cfg)
         for c in ("age", "sex", "site", "icv"):

@@ -99,3 +99,44 @@ def test_plots_draw_expected_artists(cohort, rng):
     ax = ph_test(cox).plot()
     assert len(ax.patches) == 3 and len(ax.get_lines()) == 3
     plt.close("all")
+
+
+def test_training_guard_keys_on_subject_ids_not_row_labels(cohort):
+    """Held-out rows under a reset index pass; training rows, renamed or not, are refused."""
+    pat = cohort.subjects.loc[cohort.subjects["group"] == "patient"]
+    train, test = pat.iloc[::2].reset_index(), pat.iloc[1::2].reset_index()
+    # both splits now have the labels 0..n-1: only the subject_id column tells them apart
+    rule = learn_rule(train, "cdp", regions=DEEP_GREY)
+    assert rule.trained_id_col == "subject_id" and rule.trained_on == tuple(pat.index[::2])
+    assert "ids from column 'subject_id'" in rule.describe()
+    res = evaluate_rule(rule, test, endpoints=("cdp",))
+    assert res.table.iloc[0][["n_high", "n_low"]].sum() == len(test)
+    with pytest.raises(ColumnContractError, match=r"\d+ subjects were used to learn.*'P0000'"):
+        evaluate_rule(rule, train)
+    # the training rows under new ids are caught by their Z values
+    renamed = train.assign(subject_id="X" + train["subject_id"])
+    with pytest.raises(ColumnContractError, match=rf"{len(train)} rows of data have exactly.*'XP0000'"):
+        evaluate_rule(rule, renamed)
+    # a mix of held-out subjects and one renamed training row names only that row
+    mixed = pd.concat([test, renamed.iloc[[3]]], ignore_index=True)
+    with pytest.raises(ColumnContractError, match=r"1 rows of data.*\['XP0006'\]"):
+        evaluate_rule(rule, mixed)
+    assert evaluate_rule(rule, mixed, endpoints=("cdp",), check_copies=False).table.iloc[0][
+        ["n_high", "n_low"]].sum() == len(test) + 1
+
+
+def test_training_guard_refuses_default_integer_index(cohort):
+    """Without a subject_id column, a default integer index is refused, naming the column to add."""
+    pat = cohort.subjects.loc[cohort.subjects["group"] == "patient"]
+    anon = pat.iloc[::2].reset_index(drop=True)
+    with pytest.raises(ColumnContractError, match=r"no 'subject_id' column.*id_col="):
+        learn_rule(anon, "cdp", regions=DEEP_GREY)
+    rule = learn_rule(pat.iloc[::2], "cdp", regions=DEEP_GREY)   # ids from the named index
+    assert rule.trained_id_col is None and rule.trained_on[0] == "P0000"
+    with pytest.raises(ColumnContractError, match=r"unnamed integer index"):
+        evaluate_rule(rule, pat.iloc[1::2].reset_index(drop=True))
+    # an explicit id column works with any index, and the a-priori rule needs no ids
+    held = pat.iloc[1::2].reset_index().rename(columns={"subject_id": "pid"})
+    assert len(evaluate_rule(rule, held, endpoints=("cdp",), id_col="pid").table) == 1
+    assert len(evaluate_rule(DeviationRule(DEEP_GREY), pat.reset_index(drop=True),
+                             endpoints=("cdp",)).table) == 1
