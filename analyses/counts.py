@@ -147,10 +147,15 @@ def _check_separation(y, X: pd.DataFrame, who: str, data: pd.DataFrame | None = 
     has_const = bool(np.linalg.norm(A @ np.linalg.lstsq(A, np.ones(n), rcond=None)[0] - 1.0)
                      < 1e-8 * np.sqrt(n))
     zero = ~(y > 0)
-    fix = ("so the fitted rate there is 0, the log-rate coefficients diverge and the fit cannot converge "
-           "(R's glm reports huge SEs). Choose another reference level (e.g. "
-           "C(g, Treatment('p')) in the formula), merge that level with another, use fewer "
-           "covariates, or use a penalised (Firth) or exact method.")
+
+    def fix(factor: str | None) -> str:
+        ref = (f"write C({factor}, Treatment(<a level with counts>)) in the formula"
+               if factor else "e.g. C(g, Treatment('p')) in the formula")
+        return ("so the fitted rate there is 0, the log-rate coefficients diverge and the fit "
+                f"cannot converge (R's glm reports huge SEs). Choose another reference level ({ref}), "
+                "merge that level with another, use fewer covariates, or use a penalised (Firth) "
+                "or exact method.")
+
     ind = np.all((A == 0.0) | (A == 1.0), axis=0)
     for j, name in enumerate(X.columns):
         col = A[:, j]
@@ -160,11 +165,12 @@ def _check_separation(y, X: pd.DataFrame, who: str, data: pd.DataFrame | None = 
         if zero[one].all():
             raise ColumnContractError(
                 f"{who}: separation: every count is zero where {name!r} = 1 "
-                f"({int(one.sum())} rows), {fix}")
+                f"({int(one.sum())} rows), {fix(_factor_of(name))}")
         if has_const and zero[~one].all():
             raise ColumnContractError(
                 f"{who}: separation: every count is zero where {name!r} = 0 "
-                f"({int((~one).sum())} rows{_level_note(_factor_of(name), ~one, data)}), {fix}")
+                f"({int((~one).sum())} rows{_level_note(_factor_of(name), ~one, data)}), "
+                f"{fix(_factor_of(name))}")
     groups: dict[str, list[int]] = {}
     for j, name in enumerate(X.columns):
         factor = _factor_of(name)
@@ -178,7 +184,7 @@ def _check_separation(y, X: pd.DataFrame, who: str, data: pd.DataFrame | None = 
             raise ColumnContractError(
                 f"{who}: separation: every count is zero in the reference level of {factor!r} "
                 f"(rows where none of {[str(X.columns[j]) for j in cols]} is 1: "
-                f"{int(ref.sum())} rows{_level_note(factor, ref, data)}), {fix}")
+                f"{int(ref.sum())} rows{_level_note(factor, ref, data)}), {fix(factor)}")
 
 
 def _factor_of(term) -> str | None:
