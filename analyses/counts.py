@@ -6,6 +6,7 @@ theta (with the SE from ``MASS::theta.ml``), deviance and R's ``2 x log-likeliho
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal
@@ -131,17 +132,76 @@ def theta_ml(y, mu, theta0: float | None = None, maxiter: int = 50, tol: float =
     return th, float(se), ok
 
 
-def _check_separation(y, X: pd.DataFrame, who: str) -> None:
+def _check_separation(y, X: pd.DataFrame, who: str, data: pd.DataFrame | None = None) -> None:
+    """Raise when every count is zero in a set of rows the model can fit apart.
+
+    A 0/1 column separates when all counts are zero where it is 1 (its coefficient goes to
+    -inf) or, in a model with a constant, where it is 0 (the intercept goes to -inf and the
+    indicator's coefficient to +inf). For a factor with several dummies, the reference level
+    (rows where every dummy of that factor is 0) is checked too.
+    """
     A = X.to_numpy(float)
+    n = A.shape[0]
+    if n == 0:
+        return
+    has_const = bool(np.linalg.norm(A @ np.linalg.lstsq(A, np.ones(n), rcond=None)[0] - 1.0)
+                     < 1e-8 * np.sqrt(n))
+    zero = ~(y > 0)
+
+    def fix(factor: str | None) -> str:
+        ref = (f"write C({factor}, Treatment(<a level with counts>)) in the formula"
+               if factor else "e.g. C(g, Treatment('p')) in the formula")
+        return ("so the fitted rate there is 0, the log-rate coefficients diverge and the fit "
+                f"cannot converge (R's glm reports huge SEs). Choose another reference level ({ref}), "
+                "merge that level with another, use fewer covariates, or use a penalised (Firth) "
+                "or exact method.")
+
+    ind = np.all((A == 0.0) | (A == 1.0), axis=0)
     for j, name in enumerate(X.columns):
         col = A[:, j]
-        ind = np.isin(col, (0.0, 1.0)).all() and 0 < col.sum() < col.size
-        if ind and not np.any(y[col == 1] > 0):
+        if not ind[j] or not 0 < col.sum() < n:
+            continue
+        one = col == 1.0
+        if zero[one].all():
             raise ColumnContractError(
                 f"{who}: separation: every count is zero where {name!r} = 1 "
-                f"({int(col.sum())} rows), so its rate ratio is 0 and the fit cannot "
-                "converge. Merge that level with another, remove the term, or use a "
-                "penalised/exact method.")
+                f"({int(one.sum())} rows), {fix(_factor_of(name))}")
+        if has_const and zero[~one].all():
+            raise ColumnContractError(
+                f"{who}: separation: every count is zero where {name!r} = 0 "
+                f"({int((~one).sum())} rows{_level_note(_factor_of(name), ~one, data)}), "
+                f"{fix(_factor_of(name))}")
+    groups: dict[str, list[int]] = {}
+    for j, name in enumerate(X.columns):
+        factor = _factor_of(name)
+        if factor is not None and ind[j]:
+            groups.setdefault(factor, []).append(j)
+    for factor, cols in groups.items():
+        if len(cols) < 2 or not has_const:
+            continue
+        ref = ~A[:, cols].any(axis=1)
+        if ref.any() and zero[ref].all():
+            raise ColumnContractError(
+                f"{who}: separation: every count is zero in the reference level of {factor!r} "
+                f"(rows where none of {[str(X.columns[j]) for j in cols]} is 1: "
+                f"{int(ref.sum())} rows{_level_note(factor, ref, data)}), {fix(factor)}")
+
+
+def _factor_of(term) -> str | None:
+    """``'g'`` for a treatment-coded dummy ``'g[T.p]'``; None for other design columns."""
+    m = re.fullmatch(r"(.+)\[T\.[^\]]*\]", str(term))
+    return m.group(1) if m else None
+
+
+def _level_note(var: str | None, rows: np.ndarray, data: pd.DataFrame | None) -> str:
+    """``"; the reference level 'c' of 'g'"`` when ``var`` is a factor column of ``data``."""
+    if var is None or data is None or var not in data.columns or len(data) != rows.size:
+        return ""
+    levels = pd.unique(data[var].to_numpy()[rows])
+    if len(levels) == 1:
+        lv = levels[0].item() if isinstance(levels[0], np.generic) else levels[0]
+        return f"; the reference level {lv!r} of {var!r}"
+    return ""
 
 
 def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "negbin"] = "poisson",
@@ -181,8 +241,10 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
     Raises
     ------
     ColumnContractError
-        Negative or non-integer counts, constant predictors, separation (all counts
-        zero in a level), missing columns.
+        Negative or non-integer counts; a response that is not numeric (text, even text
+        of numbers); predictors that are numbers stored as text; +-inf in any variable;
+        constant predictors; separation (all counts zero in a level, the reference level
+        included, or where a 0/1 covariate is 1 or 0); missing columns.
 
     Notes
     -----
@@ -212,7 +274,7 @@ def fit_counts(formula: str, data: pd.DataFrame, family: Literal["poisson", "neg
     yser, X, d = design(formula, data, who, missing, extra=[offset] if offset else [])
     y = check_counts(yser, who)
     X, aliased = drop_aliased(X, who)
-    _check_separation(y, X, who)
+    _check_separation(y, X, who, d)
     off = check_numeric(d, [offset], who)[:, 0] if offset else None
     n, p = X.shape
     A = X.to_numpy(float)

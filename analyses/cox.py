@@ -281,6 +281,12 @@ def fit_cox(formula_or_columns: str | Sequence[str], data: pd.DataFrame, duratio
     Returns
     -------
     CoxResult
+
+    Raises
+    ------
+    ColumnContractError
+        Covariates that are numbers stored as text, +-inf in any column of the model
+        (naming column, row and value), bad survival columns, no events.
     """
     who = "fit_cox"
     if ties not in ("efron", "breslow"):

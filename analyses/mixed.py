@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from analyses._common import bh_fdr, wald_table
-from analyses._formula import design, drop_aliased
+from analyses._formula import design, drop_aliased, formula_variables, numeric_column
 from normfuse.checks import check_numeric, get_logger, require_columns
-from normfuse.errors import ColumnContractError, ConvergenceWarning
+from normfuse.errors import ColumnContractError, ConvergenceWarning, NormfuseWarning
 from normfuse.results import ResultMixin
 
 __all__ = ["MixedModelResult", "OLSResult", "RegionalResult", "fit_mixed", "fit_ols", "fit_regional"]
@@ -315,7 +315,9 @@ def fit_mixed(formula: str, data: pd.DataFrame, group: str, random_slope: str | 
     ------
     ColumnContractError
         Missing columns, constant predictors, a non-numeric slope column, or every group
-        holding a single observation.
+        holding a single observation; a response that is not numeric, predictors that are
+        numbers stored as text (write ``C(col)`` for a deliberate factor), or +-inf in any
+        variable (each naming column, row and value).
 
     Warns
     -----
@@ -466,7 +468,13 @@ class OLSResult(ResultMixin):
 
 
 def fit_ols(formula: str, data: pd.DataFrame, missing: Literal["drop", "raise"] = "drop") -> OLSResult:
-    """Cross-sectional linear model (e.g. EDSS on deviation counts at baseline), as R's ``lm``."""
+    """Cross-sectional linear model (e.g. EDSS on deviation counts at baseline), as R's ``lm``.
+
+    Rows with missing values are dropped and counted (R's ``na.omit``) or refused with
+    ``missing="raise"``. A response that is not numeric, a predictor holding numbers
+    stored as text, and +-inf in any variable raise :class:`ColumnContractError` naming
+    the column, the row and the value.
+    """
     from scipy import stats
 
     who = "fit_ols"
@@ -497,8 +505,10 @@ def fit_ols(formula: str, data: pd.DataFrame, missing: Literal["drop", "raise"] 
 class RegionalResult(ResultMixin):
     """Per-region models: one row per region with the region's (standardised) effect.
 
-    ``table`` columns: coef, se, z (or t), p, ci_low, ci_high, p_fdr (Benjamini-Hochberg
-    across regions), n_obs.
+    ``table`` columns: coef, se, (df,) t or z, p, ci_low, ci_high, n_obs, converged
+    (1 when the fit converged), boundary (1 for a singular fit: a random-effect variance
+    at ~0; always 0 for OLS), both 0/1 integers so the table stays numeric, and p_fdr
+    (Benjamini-Hochberg across regions).
     """
 
     table: pd.DataFrame
@@ -530,8 +540,10 @@ def fit_regional(data: pd.DataFrame, regions: Sequence[str], formula: str = "eds
 
     Parameters
     ----------
+    data : DataFrame
+        Not modified.
     regions : list of str
-        Columns of regional Z-scores (or volumes).
+        Numeric columns of regional Z-scores (or volumes).
     formula : str
         Template with ``{region}`` where the region enters, e.g.
         ``"edss ~ {region} + age + sex"``. Regions are passed as ``Q("name")`` so
@@ -539,38 +551,77 @@ def fit_regional(data: pd.DataFrame, regions: Sequence[str], formula: str = "eds
     group : str, optional
         With a group, a random-intercept LMM (:func:`fit_mixed`); without, OLS at baseline.
     standardize : bool
-        Scale each region to mean 0, SD 1 (on the rows used) so effects are per SD.
+        Scale each region to mean 0, SD 1 so effects are per SD. Mean and SD are taken on
+        the rows the region's model uses (complete cases of the formula's variables, the
+        group and the slope column), so the coefficient is exactly per SD of the fitted rows.
+    missing : {"drop", "raise"}
+        Incomplete rows are dropped per region (counted, warned) or refused.
 
     Returns
     -------
     RegionalResult
+        One row per region, with 0/1 ``converged`` and ``boundary`` flags of its fit.
+
+    Raises
+    ------
+    ColumnContractError
+        A region cell that is not a number (naming region, row and value: convert with
+        ``pd.to_numeric``), +-inf, or a constant region.
+
+    Warns
+    -----
+    ConvergenceWarning, DataDroppedWarning
+        Warnings of the per-region fits are collected and re-issued once per kind, naming
+        the regions they came from (the table's ``converged`` / ``boundary`` columns hold
+        the same information per region). Numerical noise from numpy inside the optimiser
+        (RuntimeWarning) is not re-issued.
     """
     who = "fit_regional"
     require_columns(data, list(regions), who)
     if "{region}" not in formula:
         raise ValueError(f"{who}: formula {formula!r} needs a '{{region}}' placeholder.")
+    extra = [c for c in (group, random_slope) if c]
+    require_columns(data, extra, who)
     rows = []
+    caught: dict[type, list[tuple[str, str]]] = {}
     for reg in regions:
-        tmp = data.assign(__region__=pd.to_numeric(data[reg], errors="coerce"))
+        vals = numeric_column(data, reg, who, role="region")
+        q = "'" if '"' in str(reg) else '"'
+        f = formula.replace("{region}", f"Q({q}{reg}{q})")
+        tmp = data.assign(**{reg: vals})
         if standardize:
-            v = tmp["__region__"]
-            sd = v.std(ddof=1)
+            used = list(dict.fromkeys(formula_variables(f, tmp) + extra))
+            ok = tmp[used].notna().all(axis=1).to_numpy()       # the rows the fit will use
+            v = vals[ok]
+            sd = float(np.std(v, ddof=1)) if v.size > 1 else np.nan
             if not np.isfinite(sd) or sd == 0:
                 raise ColumnContractError(
-                    f"{who}: region {reg!r} is constant or non-numeric (SD {sd!r}); it cannot be "
-                    "standardised. Drop it from regions.")
-            tmp = tmp.assign(__region__=(v - v.mean()) / sd)
-        f = formula.replace("{region}", "__region__")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)
+                    f"{who}: region {reg!r} is constant on the {v.size} complete rows (SD {sd!r}); "
+                    "it cannot be standardised. Drop it from regions.")
+            tmp = tmp.assign(**{reg: (vals - v.mean()) / sd})
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
             if group:
                 r = fit_mixed(f, tmp, group=group, random_slope=random_slope, reml=reml, missing=missing)
             else:
                 r = fit_ols(f, tmp, missing=missing)
-        row = r.params.loc["__region__"].rename(reg)
-        rows.append(pd.concat([row, pd.Series({"n_obs": r.n_obs}, name=reg)]))
-    tab = pd.DataFrame(rows)
-    tab.index.name = "region"
+        for w in got:
+            if issubclass(w.category, NormfuseWarning):
+                caught.setdefault(w.category, []).append((reg, str(w.message)))
+            else:
+                _log.debug("%s: region %r: %s: %s", who, reg, w.category.__name__, w.message)
+        row = r.params.loc[str(reg)].to_dict()
+        row.update(n_obs=int(r.n_obs), converged=int(bool(getattr(r, "converged", True))),
+                   boundary=int(bool(getattr(r, "boundary", False))))
+        rows.append(row)
+    tab = pd.DataFrame(rows, index=pd.Index(list(regions), name="region"))
     tab["p_fdr"] = bh_fdr(tab["p"].to_numpy())
+    for cat, items in caught.items():
+        regs = list(dict.fromkeys(r for r, _ in items))
+        shown = "; ".join(f"region {r!r}: {m}" for r, m in items[:3])
+        more = f"; ... and {len(items) - 3} more" if len(items) > 3 else ""
+        warnings.warn(f"{who}: {cat.__name__} from {len(regs)} of {len(regions)} regions "
+                      f"{regs[:20]}{' ...' if len(regs) > 20 else ''}: {shown}{more}",
+                      cat, stacklevel=2)
     return RegionalResult(table=tab, formula=formula, standardized=standardize,
                           model="LMM (random intercept)" if group else "OLS")
