@@ -55,3 +55,19 @@ def braincharts_dir() -> Path:
 def rng() -> np.random.Generator:
     """A seeded generator."""
     return np.random.default_rng(20261123)
+
+
+@pytest.fixture(scope="session")
+def system_skip():
+    """``skip(reason)`` for tests that drive a system program (PostgreSQL, Chromium).
+
+    Such a test skips on a machine without the program; under CI (``.ci/run`` sets
+    ``NORMFUSE_REQUIRE_SYSTEM_TESTS=1``) it fails instead, so a green CI run proves it ran.
+    """
+    def skip(reason: str):
+        if os.environ.get("NORMFUSE_REQUIRE_SYSTEM_TESTS") == "1":
+            pytest.fail(f"{reason} [NORMFUSE_REQUIRE_SYSTEM_TESTS=1: this test must run here]",
+                        pytrace=False)
+        pytest.skip(reason)
+
+    return skip

@@ -54,12 +54,12 @@ class _Page:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def browser(tmp_path_factory, system_skip):
     """A headless Chromium with remote debugging on 127.0.0.1 (skips when unavailable)."""
     exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                 if shutil.which(n)), None)
     if exe is None:
-        pytest.skip("needs the Debian package 'chromium' (make test installs it via .ci/sysdeps.list)")
+        system_skip("needs the Debian package 'chromium' (make test installs it via .ci/sysdeps.list)")
     websocket = pytest.importorskip("websocket", reason="needs websocket-client: pip install -e '.[dev]'")
     prof = tmp_path_factory.mktemp("chromium-profile")
     proc = subprocess.Popen(
@@ -74,7 +74,7 @@ def browser(tmp_path_factory):
         time.sleep(0.1)
     if not port_file.exists():
         proc.kill()
-        pytest.skip(f"chromium did not start (exit code {proc.poll()}); cannot run browser checks")
+        system_skip(f"chromium did not start (exit code {proc.poll()}); cannot run browser checks")
     port = int(port_file.read_text().split()[0])
 
     def open_page():

@@ -200,13 +200,13 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def postgres_url():
+def postgres_url(system_skip):
     """A throwaway PostgreSQL cluster on a unix socket in a temp dir (skips if unavailable)."""
     pytest.importorskip("sqlalchemy", reason="extra 'sql' not installed")
     pytest.importorskip("psycopg", reason="extra 'sql' not installed")
     binp = _pg_bin()
     if binp is None:
-        pytest.skip("PostgreSQL server binaries not found (Debian package 'postgresql'; "
+        system_skip("PostgreSQL server binaries not found (Debian package 'postgresql'; "
                     "`make test` installs it via .ci/sysdeps.sh when run as root)")
     tmp = Path(tempfile.mkdtemp(prefix="nf-pg-"))
     data, sock = tmp / "data", tmp / "sock"
@@ -232,7 +232,7 @@ def postgres_url():
                         "start"], check=True, capture_output=True, env=env, timeout=120)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        pytest.skip(f"could not start a PostgreSQL server: {exc}")
+        system_skip(f"could not start a PostgreSQL server: {exc}")
     try:
         yield f"postgresql+psycopg://nf@/postgres?host={sock}&port={port}"
     finally:
