@@ -102,7 +102,7 @@ _ID_NEXT = (r"[ \t]*(?:[,;:][ \t]*|[(\[][ \t]*|[-\u2013][ \t]*)?"
             r"(?:(?i:MRN\b|M\.R\.N\b|MR[ \t]?#|DOB\b|D\.O\.B\b|date[ \t]of[ \t]birth|born[ \t]|"
             r"Pt\.?[ \t]?ID\b|Patient[ \t]ID\b|ID[ \t]*[:#]|Acct\b|Account[ \t]?(?:#|No\b|number)|"
             r"Hospital[ \t](?:No\b|number)|Medical[ \t]record|SSN\b|\d{1,3}[ \t]*(?:y/?o\b|yo\b|"
-            r"-?[ \t]?years?[ \t-]old))|#[ \t]*(?:\d|\[)|\[(?:MRN|ID|SSN|AGE)\])")
+            r"-?[ \t]?years?[ \t-]old))|#[ \t]*(?:\d{5,}|\[(?:ID|MRN|SSN)\])|\[(?:MRN|ID|SSN|AGE)\])")
 _NAME_BEFORE_ID = re.compile(_NAME_SEQ + rf"(?={_ID_NEXT})")
 # a header: a name opening a line or sentence (after an optional date), followed by a
 # visit phrase or a date ("Olga Wright seen in clinic on ...", "[DATE] - Olga Wright, visit")

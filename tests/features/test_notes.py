@@ -302,6 +302,7 @@ def test_scrub_false_positive_rate_on_simulated_clinical_text(sim_notes):
     "Kesimpta, Ocrevus, Tysabri, Gilenya discussed.",
     "Babinski sign absent, Romberg negative. Meets McDonald criteria.",
     "Follow-up visit in May. Interferon Beta (MRN on file).",
+    "Lesion #3 is enhancing. Room #12, bed 4.",
 ])
 def test_scrub_keeps_clinical_vocabulary_in_name_like_positions(text):
     """Clinical terms, drug names and months at a line start or before 'MRN'/'DOB'/'visit' are kept."""
