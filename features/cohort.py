@@ -1,15 +1,27 @@
 """The cohort table: index visits, leakage-safe as-of joins, labels and event times.
 
-Rules stated once (each is a parameter):
+Rules stated once (each is a parameter; ``normfuse run`` sets the label and progression
+ones from the study's ``[labels]`` section and ``[models] label_threshold``/``horizon_years``):
 
 * **Index visits** (:func:`build_index_visits`): ``rule="first"`` takes each patient's
   first visit with an EDSS; ``"all"`` takes every such visit; ``min_followup_years``
   optionally requires that much follow-up after the index date.
-* **As-of joins** (:func:`asof_join`, :func:`build_cohort_table`): a feature row dated
-  ``d`` is used for index date ``t`` only if ``d < t`` (strictly before; same-day data
-  is *not* used because its time of day is unknown), and, when a window is given, only
-  if ``t - d <= window``. Deviations come from the most recent scan before the index
-  date within ``scan_window_days``.
+* **What an index visit at time ``t`` may use** (:func:`asof_join`,
+  :func:`build_cohort_table`). Dates without a time of day are midnight, so for an
+  index visit on day ``D`` (``t`` = ``D`` 00:00):
+
+  - *scans*: the most recent scan dated ``d <= t`` with ``scan_at_index=True`` (a scan
+    dated ``D`` or earlier: an MRI acquired at the index visit counts as available),
+    or ``d < t`` with the default ``scan_at_index=False`` (``D - 1`` or earlier), and
+    in both cases ``t - d <= scan_window_days``; ``dev__scan_lag_days`` is ``t - d``.
+    ``normfuse run`` uses ``scan_at_index=True``.
+  - *EHR events* (``features.ehr``): only 4-hour windows whose *last* event is strictly
+    before ``t`` (to the second), so an event dated ``D`` at any time of day is not
+    used, nor is an earlier event sharing a window with it.
+  - *notes* (``features.notes``): notes timed strictly before ``t`` (``D - 1`` or
+    earlier for date-only notes).
+  - *other dated tables* (:func:`asof_join`, ``extra``): rows dated ``d < t``
+    (``allow_exact=True``: ``d <= t``), within ``window_days`` when given.
 * **Milestone labels** (:func:`make_labels`): ``y_edss{thr}_{h}y = 1`` if a visit in
   ``(index_date, index_date + horizon]`` has EDSS ``>= thr`` (``inclusive=True``) or
   ``> thr``. Otherwise 0 if follow-up (the last visit with an EDSS) reaches the
@@ -384,8 +396,13 @@ def time_to_event_table(
     confirm_days: float = 182,
     deltas: Sequence[tuple[float, float]] = DEFAULT_DELTAS,
     already_reached: Literal["exclude", "keep"] = "exclude",
+    sustained: bool = True,
 ) -> pd.DataFrame:
     """Event times in years from the index date for CDP, first relapse and milestones.
+
+    ``confirm_days``, ``deltas`` and ``sustained`` go to :func:`confirmed_progression`;
+    ``inclusive`` (EDSS ``>= thr`` or ``> thr``) and ``already_reached`` define the
+    milestones as in :func:`make_labels`.
 
     Returns a DataFrame indexed like ``index`` with ``time_cdp``, ``event_cdp``,
     ``time_relapse``, ``event_relapse`` (when visits have ``relapse``) and
@@ -393,7 +410,10 @@ def time_to_event_table(
     at the index visit get NaN time for it with ``already_reached="exclude"``.
     """
     who = "time_to_event_table"
-    cdp = confirmed_progression(visits, index, confirm_days=confirm_days, deltas=deltas)
+    if already_reached not in ("exclude", "keep"):
+        raise ValueError(f"{who}: already_reached={already_reached!r}; expected 'exclude' or 'keep'.")
+    cdp = confirmed_progression(visits, index, confirm_days=confirm_days, deltas=deltas,
+                                sustained=sustained)
     v = validate_visits(visits, who)
     q = _index_frame(index, who)
     n = len(q)
@@ -437,6 +457,7 @@ def asof_join(
     prefix: str = "",
     window_days: float | None = None,
     lag_col: str | None = None,
+    allow_exact: bool = False,
 ) -> pd.DataFrame:
     """For each index row, the latest ``table`` row of the same ``by`` dated strictly before ``index_date``.
 
@@ -449,6 +470,8 @@ def asof_join(
     prefix : added to column names that do not already start with it.
     window_days : only rows with ``index_date - time <= window_days`` qualify.
     lag_col : if given, also return the lag in days under this name.
+    allow_exact : also use a row dated exactly at ``index_date`` (``time <= index_date``;
+        for date-only dates: the same day). Default: strictly before.
 
     Returns
     -------
@@ -475,7 +498,7 @@ def asof_join(
     left = q.sort_values("index_date", kind="stable")
     try:
         m = pd.merge_asof(left, right, left_on="index_date", right_on="_t", by="patient_id",
-                          direction="backward", allow_exact_matches=False,
+                          direction="backward", allow_exact_matches=bool(allow_exact),
                           tolerance=None if window_days is None else pd.Timedelta(days=float(window_days)))
     except pd.errors.MergeError as exc:
         raise ColumnContractError(
@@ -496,6 +519,7 @@ def build_cohort_table(
     deviations: pd.DataFrame | None = None,
     scan_date_col: str = "scan_date",
     scan_window_days: float = 365,
+    scan_at_index: bool = False,
     ehr_summaries: pd.DataFrame | None = None,
     note_embeddings: pd.DataFrame | None = None,
     demographics: pd.DataFrame | None = None,
@@ -508,10 +532,14 @@ def build_cohort_table(
     ----------
     index : ``patient_id``, ``index_date`` (e.g. from :func:`build_index_visits`).
     deviations : normative deviations (``subject_id`` = patient id, a scan date column
-        ``scan_date_col``, Z columns, ``n_crit*``): the most recent scan strictly before
-        the index date within ``scan_window_days``; columns get ``dev__`` and a
-        ``dev__scan_lag_days`` column is added. Index rows without such a scan get
-        NaN (counted and logged).
+        ``scan_date_col``, Z columns, ``n_crit*``): the most recent scan dated before
+        the index date (``scan_at_index=True``: at or before it) and at most
+        ``scan_window_days`` days before it; columns get ``dev__`` and a
+        ``dev__scan_lag_days`` column (index date minus scan date, days) is added.
+        Index rows without such a scan get NaN (counted and logged).
+    scan_at_index : also use a scan dated exactly at the index date (date-only dates:
+        a scan on the index visit's day), as ``normfuse run`` does. Default: strictly
+        before, like every other dated input.
     ehr_summaries, note_embeddings : outputs of ``EHRFeaturizer.summaries`` and
         ``NoteEmbedder.transform`` on the same ``index`` (joined on index labels;
         columns already prefixed ``ehr__``/``txt__``).
@@ -546,11 +574,13 @@ def build_cohort_table(
         d = asof_join(index.assign(patient_id=q["patient_id"].to_numpy()),
                       deviations.rename(columns={"subject_id": "patient_id"}),
                       time_col=scan_date_col, columns=cols, prefix="dev__",
-                      window_days=scan_window_days, lag_col="dev__scan_lag_days")
+                      window_days=scan_window_days, lag_col="dev__scan_lag_days",
+                      allow_exact=scan_at_index)
         nomri = int(d["dev__scan_lag_days"].isna().sum())
         if nomri:
-            log.warning("%s: %d of %d index rows have no scan in the %g days before the index "
-                        "date; their dev__ features are NaN", who, nomri, len(q), scan_window_days)
+            log.warning("%s: %d of %d index rows have no scan in the %g days %s the index "
+                        "date; their dev__ features are NaN", who, nomri, len(q), scan_window_days,
+                        "up to and including" if scan_at_index else "before")
         missing_counts = [c for c in DEVIATION_COUNTS if c not in deviations.columns]
         if missing_counts:
             log.info("%s: deviations lack %s", who, missing_counts)

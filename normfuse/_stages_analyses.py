@@ -156,7 +156,8 @@ def stage_report(cfg: Mapping, ctx: dict) -> dict:
     rep = build_report(_report_inputs(ctx), title=cfg["study"]["name"],
                        threshold=cfg["normative"]["threshold"], tail=cfg["normative"]["tail"],
                        settings={"cv_folds": cfg["models"]["n_splits"],
-                                 "label": f"EDSS >= {cfg['models']['label_threshold']:g} within "
+                                 "label": f"EDSS {'>=' if cfg['labels']['inclusive'] else '>'} "
+                                          f"{cfg['models']['label_threshold']:g} within "
                                           f"{cfg['models']['horizon_years']:g} years"})
     text = rep.to_html()
     return {"files": {"report.html": text.encode("utf-8")}}

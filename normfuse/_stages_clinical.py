@@ -12,6 +12,24 @@ from normfuse._pipeline_common import _baseline, _ns, log
 from normfuse._pipeline_inputs import _clinical
 
 
+def label_options(cfg: Mapping) -> dict:
+    """Keyword arguments of ``features.cohort.make_labels`` from ``[models]`` and ``[labels]``."""
+    m, lab = cfg["models"], cfg["labels"]
+    return {"thresholds": (m["label_threshold"],), "horizon_years": m["horizon_years"],
+            "inclusive": lab["inclusive"], "short_followup": lab["short_followup"],
+            "already_reached": lab["already_reached"]}
+
+
+def event_time_options(cfg: Mapping) -> dict:
+    """Keyword arguments of ``features.cohort.time_to_event_table`` from ``[labels]``
+    (the confirmed-progression ones reach ``confirmed_progression`` through it)."""
+    lab = cfg["labels"]
+    return {"milestones": tuple(lab["milestones"]), "inclusive": lab["inclusive"],
+            "confirm_days": lab["confirm_days"],
+            "deltas": tuple(tuple(d) for d in lab["deltas"]),
+            "already_reached": lab["already_reached"], "sustained": lab["sustained"]}
+
+
 def stage_features(cfg: Mapping, ctx: dict) -> dict:
     """Index visits, labels, event times, EHR summaries, note embeddings -> analysis table."""
     from features.cohort import (
@@ -23,15 +41,13 @@ def stage_features(cfg: Mapping, ctx: dict) -> dict:
     )
 
     f = cfg["features"]
-    m = cfg["models"]
     clin = _clinical(cfg)
     visits = validate_visits(clin["visits"])
     index = build_index_visits(visits, rule=f["index_visits"])
     first = build_index_visits(visits, rule="first")
-    labels = make_labels(visits, index, thresholds=(m["label_threshold"],),
-                         horizon_years=m["horizon_years"])
-    tte = time_to_event_table(visits, index)
-    times = time_to_event_table(visits, first)
+    labels = make_labels(visits, index, **label_options(cfg))
+    tte = time_to_event_table(visits, index, **event_time_options(cfg))
+    times = time_to_event_table(visits, first, **event_time_options(cfg))
     times.insert(0, "patient_id", first["patient_id"].to_numpy())
     ehr = notes = None
     if f["ehr"] and clin["events"] is not None and len(clin["events"]):
@@ -52,14 +68,14 @@ def stage_features(cfg: Mapping, ctx: dict) -> dict:
         except ValueError as exc:
             log.warning("features: note embeddings left out: %s", exc)
     dev = ctx["tables"]["deviations"]
-    # an MRI acquired on the index visit's day counts as available at that visit
     dev_join = dev.drop(columns=["age", "sex", "site", "icv", "age_out_of_range"],
-                        errors="ignore").assign(
-        scan_date=_ns(dev["scan_date"]) - pd.Timedelta(seconds=1))
+                        errors="ignore").assign(scan_date=_ns(dev["scan_date"]))
     pat_demo = _baseline(dev)[["subject_id", "age", "sex"]].rename(
         columns={"subject_id": "patient_id"})
+    # an MRI acquired on the index visit's day counts as available at that visit
+    # (scan_date <= index_date); EHR events and notes must be strictly before it
     table = build_cohort_table(index, deviations=dev_join, scan_window_days=f["scan_window_days"],
-                               ehr_summaries=ehr, note_embeddings=notes,
+                               scan_at_index=True, ehr_summaries=ehr, note_embeddings=notes,
                                demographics=pat_demo, labels=[labels, tte])
     return {"tables": {"visits": visits, "analysis_table": table, "event_times": times}}
 

@@ -48,7 +48,7 @@ class ConfigError(NormfuseError, ValueError):
 class Key:
     """One configuration key: its type, default, allowed values and meaning."""
 
-    type: str                      # "str", "int", "float", "bool", "path", "paths", "strs", "floats"
+    type: str  # "str", "int", "float", "bool", "path", "paths", "strs", "floats", "pairs"
     default: Any
     help: str
     choices: tuple | None = None
@@ -152,13 +152,41 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "notes": Key("bool", True, "Build note embeddings (txt__*)."),
         "note_components": Key("int", 32, "Dimensions of the TF-IDF/SVD note embedding.", minimum=1),
         "lookbacks": Key("strs", ["365D", "all"], "EHR look-back windows before the index date."),
-        "scan_window_days": Key("float", 365.0, "Latest scan at most this many days before the "
-                                "index visit joins the analysis table.", minimum=0.0),
+        "scan_window_days": Key("float", 365.0, "The latest scan dated on or before the index "
+                                "visit's day, and at most this many days before it, joins the "
+                                "analysis table (EHR events and notes: strictly before the index "
+                                "date).", minimum=0.0),
+    },
+    "labels": {
+        "inclusive": Key("bool", True, "A visit reaches an EDSS milestone at EDSS >= its "
+                         "threshold (true) or > it (false); for the predicted label "
+                         "(models.label_threshold) and the milestone event times."),
+        "short_followup": Key("str", "exclude", "Label of an index visit without a milestone "
+                              "whose follow-up (last EDSS visit) ends before the horizon "
+                              "(models.horizon_years): 'exclude' (missing, left out of the "
+                              "models) or 'negative' (0).", choices=("exclude", "negative")),
+        "already_reached": Key("str", "exclude", "Index visits already at the milestone (EDSS "
+                               "at the index visit): 'exclude' (label and milestone event time "
+                               "missing) or 'keep' (labelled from later visits like any other).",
+                               choices=("exclude", "keep")),
+        "milestones": Key("floats", [4.0, 6.0, 7.0], "EDSS milestones of the event-time "
+                          "columns time_edss<k>/event_edss<k> (first visit after the index "
+                          "date at the milestone).", minimum=0.0, maximum=10.0),
+        "confirm_days": Key("float", 182.0, "Confirmed disability progression: the first "
+                            "visit at least this many days after onset must also reach "
+                            "baseline + increase (182 ~ 6 months).", minimum=0.0),
+        "deltas": Key("pairs", [[0.0, 1.5], [1.0, 1.0], [6.0, 0.5]], "EDSS increase that "
+                      "counts as progression: [lowest baseline EDSS, increase] pairs (+1.5 "
+                      "from 0, +1.0 from 1.0-5.5, +0.5 from 6.0); the lowest baseline must "
+                      "be 0."),
+        "sustained": Key("bool", True, "Progression must also hold at every visit between "
+                         "onset and the confirming visit (false: only at the confirming "
+                         "visit)."),
     },
     "models": {
         "enabled": Key("bool", True, "Run the prediction stage."),
-        "label_threshold": Key("float", 4.0, "EDSS milestone predicted (EDSS >= this).",
-                               minimum=0.0, maximum=10.0),
+        "label_threshold": Key("float", 4.0, "EDSS milestone predicted (EDSS >= this; > with "
+                               "labels.inclusive = false).", minimum=0.0, maximum=10.0),
         "horizon_years": Key("float", 3.0, "Prediction horizon of the milestone.", minimum=0.1),
         "n_splits": Key("int", 5, "Patient-grouped cross-validation folds.", minimum=2),
         "n_estimators": Key("int", 300, "Maximum boosting rounds (early stopping inside).",
@@ -195,7 +223,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 _TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
                "path": "a path string", "paths": "a list of path strings",
-               "strs": "a list of strings", "floats": "a list of numbers"}
+               "strs": "a list of strings", "floats": "a list of numbers",
+               "pairs": "a list of [number, number] pairs"}
 
 
 def _fail(src: str, msg: str) -> ConfigError:
@@ -230,6 +259,14 @@ def _check_value(src: str, sec: str, name: str, key: Key, value: Any) -> Any:
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise bad
         value = [float(v) for v in value]
+    elif t == "pairs":
+        def num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        if not isinstance(value, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(num(v) for v in p) for p in value):
+            raise bad
+        value = [[float(a), float(b)] for a, b in value]
     if key.choices is not None:
         vals = value if isinstance(value, list) else [value]
         for v in vals:
@@ -238,6 +275,14 @@ def _check_value(src: str, sec: str, name: str, key: Key, value: Any) -> Any:
                 raise ConfigError(
                     f"{src}: {where} = {v!r} is not one of "
                     f"{', '.join(repr(c) for c in key.choices)}; fix the value.{hint}")
+    if t == "floats" and (key.minimum is not None or key.maximum is not None):
+        lo = -float("inf") if key.minimum is None else key.minimum
+        hi = float("inf") if key.maximum is None else key.maximum
+        out = [v for v in value if not lo <= v <= hi]
+        if out:
+            raise ConfigError(f"{src}: {where} = {value!r} holds {out[0]:g}, outside "
+                              f"{lo:g}-{hi:g}; every item must lie in {lo:g}-{hi:g}; fix "
+                              "the value.")
     if key.minimum is not None and t in ("int", "float") and value < key.minimum:
         raise ConfigError(f"{src}: {where} = {value!r} is below the minimum {key.minimum:g}; "
                           "fix the value.")
@@ -245,6 +290,30 @@ def _check_value(src: str, sec: str, name: str, key: Key, value: Any) -> Any:
         raise ConfigError(f"{src}: {where} = {value!r} is above the maximum {key.maximum:g}; "
                           "fix the value.")
     return value
+
+
+def _check_deltas(src: str, value: list[list[float]]) -> None:
+    """[labels] deltas: baselines on 0-10, distinct, the lowest 0; increases in (0, 10]."""
+    where = f"{src}: [labels] deltas = {value!r}"
+    allowed = ("allowed: [lowest baseline EDSS, increase] pairs with distinct baselines in "
+               "0-10, one of them 0, and increases above 0 and at most 10, e.g. "
+               "[[0.0, 1.5], [1.0, 1.0], [6.0, 0.5]]; fix the value.")
+    lows = [a for a, _ in value]
+    if not value:
+        raise ConfigError(f"{where} is empty; {allowed}")
+    bad_low = [a for a in lows if not 0.0 <= a <= 10.0]
+    if bad_low:
+        raise ConfigError(f"{where}: baseline {bad_low[0]:g} is off the EDSS scale; {allowed}")
+    bad_inc = [b for _, b in value if not 0.0 < b <= 10.0]
+    if bad_inc:
+        raise ConfigError(f"{where}: increase {bad_inc[0]:g} is not above 0 and at most 10; "
+                          f"{allowed}")
+    if len(set(lows)) != len(lows):
+        dup = next(a for a in lows if lows.count(a) > 1)
+        raise ConfigError(f"{where}: baseline {dup:g} is listed twice; {allowed}")
+    if min(lows) != 0.0:
+        raise ConfigError(f"{where}: the lowest baseline is {min(lows):g}, so baselines below "
+                          f"it could never progress; {allowed}")
 
 
 def _suggest(name: str, known) -> str:
@@ -324,6 +393,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
                 raise _fail(source, f"[{sec}] {name} = {raw[sec][name]!r} selects rows of "
                             f"[{sec}] tables, but none are set{why}; set tables or remove "
                             f"{name}.")
+    _check_deltas(source, out["labels"]["deltas"])
     p = out["patients"]
     if bool(p["subjects_dir"]) == bool(p["tables"]):
         raise _fail(source, "[patients] needs exactly one of subjects_dir (a SUBJECTS_DIR) or "

@@ -226,6 +226,27 @@ def test_asof_join_strictly_before_and_future_canary(rng):
     assert win["canary"].isna().all() and win["x"].isna().all()  # past rows are >= 1 day old
 
 
+
+def test_scan_at_index_uses_a_same_day_scan_and_keeps_the_window_inclusive():
+    """scan_at_index: a scan dated at the index date joins (lag 0); default strict; window edges kept."""
+    idx = pd.DataFrame({"patient_id": ["A", "B", "C"],
+                        "index_date": pd.to_datetime(["2015-01-01"] * 3)})
+    dev = pd.DataFrame({"subject_id": ["A", "A", "B", "C"], "session_id": ["1", "2", "1", "1"],
+                        # A: same day and day after; B: exactly 365 d before; C: 366 d before
+                        "scan_date": pd.to_datetime(["2015-01-01", "2015-01-02", "2014-01-01",
+                                                     "2013-12-31"]),
+                        "n_crit": [3.0, 9.0, 4.0, 5.0]})
+    at = build_cohort_table(idx, deviations=dev, scan_window_days=365, scan_at_index=True)
+    # lags by hand: 0, 365 (2014-01-01 -> 2015-01-01), C outside 365
+    assert at["dev__n_crit"].tolist()[:2] == [3.0, 4.0] and np.isnan(at["dev__n_crit"].iloc[2])
+    assert at["dev__scan_lag_days"].tolist()[:2] == [0.0, 365.0]
+    strict = build_cohort_table(idx, deviations=dev, scan_window_days=365)
+    assert np.isnan(strict["dev__n_crit"].iloc[0]) and strict["dev__n_crit"].iloc[1] == 4.0
+    # allow_exact on a plain as-of join: same rule
+    tab = dev.rename(columns={"subject_id": "patient_id"})
+    assert asof_join(idx, tab, time_col="scan_date", columns=["n_crit"],
+                     allow_exact=True)["n_crit"].iloc[0] == 3.0
+
 def _devs():
     return pd.DataFrame({"subject_id": ["A", "A", "B"], "session_id": ["s1", "s2", "s1"],
                          "scan_date": pd.to_datetime(["2014-06-01", "2015-06-01", "2010-01-01"]),
