@@ -598,6 +598,7 @@ def simulate_cohort(
                         "relapsing_rate_median": 0.04, "relapsing_rate_log_sd": 0.6,
                         "progressive_rate_mean": 0.25, "progressive_rate_sd": 0.08},
         "relapses": {"rate_per_year": 0.35, "age_factor": "exp(-0.03 (age - mean))",
+                     "age_log_rate_per_year": -0.03,
                      "progressive_factor": 0.5, "dmt_rate_ratio": dict(zip(DMT_NAMES, DMT_RELAPSE_RR, strict=True)),
                      "amplitude": "Gamma(shape 2, scale 0.5)", "decay_years": 0.25},
         "noise_sd": 0.3, "scale": EDSS_STEPS.tolist(), "bounds": [0.0, 9.5],
