@@ -229,11 +229,29 @@ def fit_chunked(
     cols_of = ((lambda s, e: slice(s, e)) if keep.all()
                else (lambda s, e: idx[s:e]))
 
-    if client is None:
+    workers = _chunk_workers(probe, len(blocks))
+    if client is None and workers == 1:
         models = []
         for k, (s, e) in enumerate(blocks):
             models.append(_fit_block(cov, block_of(cols_of(s, e)), names[s:e], model_kwargs))
             _log.info("%s: fitted chunk %d/%d (responses %d-%d)", who, k + 1, len(blocks), s, e - 1)
+    elif client is None:
+        # chunks on a thread pool (numpy releases the GIL in its loops and BLAS calls),
+        # each fitted single-threaded: the same numbers as one after another; each worker
+        # reads its own block, so `workers` chunks are in memory at a time
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        inner = {**model_kwargs, "n_jobs": 1}
+
+        def fit_one(se):
+            s, e = se
+            return _fit_block(cov, block_of(cols_of(s, e)), names[s:e], inner)
+
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            models = list(pool.map(fit_one, blocks))
+        _log.info("%s: fitted %d chunks on %d threads", who, len(blocks), workers)
     else:
         checks.optional_import("distributed", "dask", "fit_chunked(client=...)")
         from distributed import as_completed
@@ -262,6 +280,16 @@ def fit_chunked(
         _log.info("%s: fitted %d chunks on the cluster", who, len(blocks))
     model = concat_models(models)
     return model if keep.all() else _with_left_out(model, keep, all_names)
+
+
+def _chunk_workers(probe, n_blocks: int) -> int:
+    """Threads that fit chunks side by side: the model's ``n_jobs`` (None: all cores), on the CPU."""
+    import os
+
+    if n_blocks < 2 or probe.device not in ("cpu",):
+        return 1
+    n = (os.cpu_count() or 1) if probe.n_jobs is None else int(probe.n_jobs)
+    return max(1, min(n, n_blocks))
 
 
 def _fittable(block_of, R, chunk_size):

@@ -163,6 +163,28 @@ def test_fit_chunked_input_errors(sim):
         fit_chunked(bad, cols, chunk_size=5)
 
 
+def test_chunks_fitted_side_by_side_equal_one_after_another(sim, monkeypatch):
+    """n_jobs=2 fits two chunks at once on threads: the same numbers as n_jobs=1."""
+    ref, _, _, cols = sim
+    seen = []
+    real = many._fit_block
+
+    def spy(*args):
+        import threading
+
+        seen.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(many, "_fit_block", spy)
+    one = fit_chunked(ref, cols, chunk_size=3, n_jobs=1)
+    assert len(set(seen)) == 1
+    seen.clear()
+    two = fit_chunked(ref, cols, chunk_size=3, n_jobs=2)
+    assert len(seen) == 4 and len(set(seen)) == 2          # 4 chunks on 2 worker threads
+    for a in ARRAYS:
+        assert_array_equal(getattr(two, a), getattr(one, a), err_msg=a)
+
+
 def test_constant_and_sparse_responses_are_left_out(sim, tmp_path):
     """A medial-wall-like constant column and a sparse one: counted, left out, NaN Z.
 
