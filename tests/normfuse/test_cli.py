@@ -136,7 +136,10 @@ def test_missing_inputs_and_bad_config(tmp_path, demo, capsys):
         "unknown": text.replace("[normative]", "[normative]\ntial = 1"),
         "wrongtype": text.replace('seed = 3', 'seed = "three"'),
         "badci": text.replace('ci = "auto"', 'ci = "bootstrap"'),
+        "tsvsource": text.replace('source = "data/ehr.duckdb"', 'source = "data/participants.tsv"'),
+        "nodemo": text.replace('"data/participants.tsv"', '"data/participantz.tsv"'),
     }
+    assert cases["tsvsource"] != text and cases["nodemo"] != text
     assert cases["badci"] != text
     for name, body in cases.items():
         p = demo / f"{name}.toml"
@@ -146,9 +149,12 @@ def test_missing_inputs_and_bad_config(tmp_path, demo, capsys):
         assert rc == 2 and len(err) == 1, (name, err)
         assert {"missing": "nowhere", "unknown": "tial", "wrongtype": "seed",
                 "badci": "[models] ci = 'bootstrap' is not one of 'auto', 'delong', "
-                         "'cluster_bootstrap'; fix the value. Did you mean 'cluster_bootstrap'?"
+                         "'cluster_bootstrap'; fix the value. Did you mean 'cluster_bootstrap'?",
+                "tsvsource": "[clinical] source = 'data/participants.tsv' has suffix '.tsv'",
+                "nodemo": "[patients] demographics = 'data/participantz.tsv' not found",
                 }[name] in err[0]
-        assert not (tmp_path / name / "tables").exists()
+        # refused before any stage: no output folder, so a corrected config runs there
+        assert not (tmp_path / name).exists()
     bad = tmp_path / "vols.xlsx"
     bad.write_text("x")
     rc = main(["normative", "score", str(demo / "models" / "normative"), str(bad),
