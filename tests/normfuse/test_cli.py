@@ -258,3 +258,28 @@ def test_resumed_run_exits_cleanly_every_time(demo):
     # the resume really happened: every stage is still finished and nothing was re-run
     man = json.loads((demo / "manifest.json").read_text())
     assert man["finished_stages"] == list(pipeline.STAGES)
+
+
+def test_model_contract_errors_name_the_table(demo, tmp_path, capsys):
+    """normative fit/adapt/score/evaluate on a table without the contract name it, lists capped."""
+    junk = tmp_path / "junk.csv"
+    junk.write_text("a,b\n1,2\n")
+    model = str(demo / "models" / "normative")
+    need = "required columns are missing: ['age', 'sex', 'icv', 'site']; present: "
+    lacks = f"the table lacks 90 region column(s) the model {model} was fitted on: ['Left-"
+    for argv, who, text in (
+            (["fit", str(junk)], "NormativeModel.fit", need),
+            (["adapt", model, str(junk)], "NormativeModel.adapt", need),
+            (["score", model, str(junk)], "NormativeModel.transform", lacks),
+            (["evaluate", model, str(junk)], "NormativeModel.score", lacks)):
+        rc = main(["normative", *argv, "--out", str(tmp_path / "o.csv")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, (argv, err)
+        assert err[0].startswith(f"normfuse: error: {junk}: {who}: {text}"), err[0]
+        if text is lacks:     # 90 regions: 10 shown, the rest counted
+            assert "'Left-VentralDC', 'Left-Cerebellum-Cortex'] ... and 80 more; its columns: " \
+                "['a', 'b', 'session_id']" in err[0] and len(err[0]) < 650
+    assert not (tmp_path / "o.csv").exists()
+    # --exclude-sites on a table without a site column: a named error, not a KeyError
+    rc = main(["normative", "fit", str(junk), "--exclude-sites", "s1", "--out", str(tmp_path / "m")])
+    assert rc == 2 and f"{junk}: --exclude-sites needs a 'site' column" in capsys.readouterr().err
