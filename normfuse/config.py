@@ -345,9 +345,19 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
     if not c["source"] and not c["visits"]:
         raise _fail(source, "[clinical] needs source (a .duckdb file or postgresql:// URL) or "
                     "visits (a visits table); set one of them.")
+    m = out["models"]
+    if m["enabled"] and m["compare"] and _BASELINE not in m["compare"]:
+        raise _fail(source, f"[models] compare = {m['compare']!r} lacks {_BASELINE!r}, the "
+                    "baseline every other model is compared with (DeLong/bootstrap p-values); "
+                    "add it to the list.")
     if check_files:
         check_input_paths(out, source=source, raw=raw)
     return out
+
+
+#: The model the pipeline compares every other one with (models.compare_models' default
+#: ``baseline``; not imported here, models.compare takes seconds to import).
+_BASELINE = "dev_count_logistic"
 
 
 def _is_url(value: str) -> bool:

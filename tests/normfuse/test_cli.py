@@ -283,3 +283,29 @@ def test_model_contract_errors_name_the_table(demo, tmp_path, capsys):
     # --exclude-sites on a table without a site column: a named error, not a KeyError
     rc = main(["normative", "fit", str(junk), "--exclude-sites", "s1", "--out", str(tmp_path / "m")])
     assert rc == 2 and f"{junk}: --exclude-sites needs a 'site' column" in capsys.readouterr().err
+
+
+def test_ehr_notices_given_once_per_run_not_per_fold(demo, tmp_path, caplog):
+    """The whole-cohort EHR notices are warnings once; per-fold refits repeat them at DEBUG."""
+    import logging
+
+    from normfuse.config import load_config, to_toml
+
+    cfg = load_config(demo / "study.toml")
+    cfg["models"].update(compare=["dev_count_logistic", "ehr_xgb"], ablations=False,
+                         n_estimators=10, n_splits=3)
+    cfg["features"].update(notes=False)
+    toml = demo / "ehr_notices.toml"
+    toml.write_text(to_toml(cfg, relative_to=demo))
+    with caplog.at_level(logging.DEBUG, logger="normfuse"):
+        assert main(["-vv", "run", str(toml), "--out", str(tmp_path / "o"), "--until",
+                     "models"]) == 0
+    ehr = [r for r in caplog.records if r.name.endswith("features.ehr")]
+    warn = [r.getMessage() for r in ehr if r.levelno >= logging.WARNING]
+    debug = [r.getMessage() for r in ehr if r.levelno == logging.DEBUG]
+    censored = [m for m in warn if "left-censored" in m]
+    # one whole-cohort fit in the features stage; summaries and 3 fold refits at DEBUG
+    assert len(censored) == 1 and censored[0].startswith("EHRFeaturizer.fit: "), warn
+    assert len([m for m in debug if "left-censored" in m]) >= 1 + 3 * 2, debug
+    assert len(warn) == len(set(warn)), warn          # nothing said twice at WARNING
+    assert not [m for m in warn + debug if "see log for examples" in m]

@@ -51,6 +51,8 @@ def test_defaults_filled_and_paths_resolved(tmp_path):
     (_raw(clinical={"source": "data/participants.tsv"}),
      r"\[clinical\] source = 'data/participants\.tsv' has suffix '\.tsv'; a table file is not "
      r"a source: set \[clinical\] visits \(and events, encounters, notes\) to your tables"),
+    (_raw(models={"compare": ["ehr_xgb"]}), r"\[models\] compare = \['ehr_xgb'\] lacks "
+     r"'dev_count_logistic', the baseline every other model is compared with"),
     (_raw(clinical={"source": "omop.db"}), r"\[clinical\] source = 'omop\.db' has suffix "
      r"'\.db'; use an OMOP-shaped DuckDB file ending in \.duckdb or a postgresql:// URL"),
     (_raw(clinical={"source": "sqlite:///cdm.db"}), r"\[clinical\] source = 'sqlite:///cdm\.db'"
@@ -220,3 +222,13 @@ def test_load_config_names_the_bad_path(tmp_path, sec, key, value, match):
     with pytest.raises(ConfigError, match=match) as ei:
         load_config(_study(tmp_path, **over))
     assert "\n" not in str(ei.value)
+
+
+def test_baseline_is_the_one_compare_models_uses():
+    """The baseline the config insists on is compare_models' default baseline."""
+    import inspect
+
+    from models.compare import compare_models
+    from normfuse.config import _BASELINE
+
+    assert inspect.signature(compare_models).parameters["baseline"].default == _BASELINE
