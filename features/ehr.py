@@ -35,6 +35,7 @@ patient, encounter or window).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -57,11 +58,29 @@ SUMMARY_STATS = ("last", "mean", "min", "max", "slope", "count")
 _CENSORED_RE = r"^(<=|>=|<|>|≤|≥)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$"
 _NS_PER_YEAR = 365.25 * 86400e9
 _SHIFT = np.int64(34)  # seconds fit in 34 bits for ~540 years
+#: Levels of the data notices (censored values, dropped events/variables).
+_LEVELS = {"warning": logging.WARNING, "debug": logging.DEBUG}
+
+
+def _check_level(log_level, who: str) -> int:
+    if log_level not in _LEVELS:
+        raise ValueError(f"{who}: got log_level={log_level!r}; expected 'warning' or 'debug'.")
+    return _LEVELS[log_level]
+
+
+def _dropped(n: int, what: str, reason: str, level: str) -> None:
+    """Count and log dropped rows: at WARNING (plus a DataDroppedWarning), or DEBUG for a
+    refit that repeats a notice already given (e.g. per cross-validation fold)."""
+    if level == "warning":
+        dropped(n, what, reason, logger=log)
+    elif n:
+        log.debug("dropped %d %s: %s", n, what, reason)
 
 
 # ----------------------------------------------------------------------------- values
 def parse_values(
-    values: pd.Series, *, censored: Literal["bound", "nan"] = "bound", who: str = "parse_values"
+    values: pd.Series, *, censored: Literal["bound", "nan"] = "bound", who: str = "parse_values",
+    log_level: Literal["warning", "debug"] = "warning",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Parse raw event values into floats and a censoring flag.
 
@@ -75,6 +94,8 @@ def parse_values(
         ``"nan"``: censored values become NaN (flag kept).
     who : str
         Caller name used in log messages.
+    log_level : {"warning", "debug"}
+        Level of the notices on non-numeric and censored values (counts and examples).
 
     Returns
     -------
@@ -90,6 +111,7 @@ def parse_values(
     """
     if censored not in ("bound", "nan"):
         raise ValueError(f"{who}: got censored={censored!r}; expected 'bound' or 'nan'.")
+    level = _check_level(log_level, who)
     n = len(values)
     flag = np.zeros(n, dtype=np.int8)
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
@@ -119,10 +141,12 @@ def parse_values(
         n_lo, n_hi = int(lo.sum()), int(hi.sum())
         n_bad = int((~is_c & s.notna().to_numpy() & (s != "").fillna(False).to_numpy()).sum())
         if n_bad:
-            examples = pd.unique(s[~is_c].dropna())[:5].tolist()
-            log.warning("%s: %d non-numeric values set to NaN (e.g. %s)", who, n_bad, examples)
+            shown = s[~is_c].dropna()
+            examples = pd.unique(shown[shown != ""])[:5].tolist()
+            log.log(level, "%s: %d non-numeric values set to NaN (e.g. %s)", who, n_bad,
+                    examples)
     if n_lo or n_hi:
-        log.warning(
+        log.log(level,
             "%s: %d left-censored ('<x') and %d right-censored ('>x') values %s",
             who, n_lo, n_hi, "set to their bound" if censored == "bound" else "set to NaN",
         )
@@ -198,7 +222,7 @@ def _codes(col: pd.Series, who: str, name: str, *, lower: bool = False):
     return new.astype(np.int64), np.asarray(uniq, dtype=object)[order]
 
 
-def _prepare_events(events, encounters, who, censored):
+def _prepare_events(events, encounters, who, censored, level="warning"):
     """Validate events; return integer-coded arrays of the usable events."""
     require_dataframe(events, who, "events")
     require_columns(
@@ -218,20 +242,30 @@ def _prepare_events(events, encounters, who, censored):
         )
     t = ns(to_naive_datetime(events["time"], who, "time").to_numpy())
     nat = t == np.iinfo(np.int64).min
-    value, _flag = parse_values(events["value"], censored=censored, who=who)
+    value, flag = parse_values(events["value"], censored=censored, who=who, log_level=level)
     pcode, patients = _codes(events["patient_id"], who, "patient_id")
     ecode, encs = pd.factorize(events["encounter_id"], sort=False)
     vcode, variables = _codes(events["variable"], who, "variable")
     nokey = (pcode < 0) | (ecode < 0) | (vcode < 0)
     keep = ~nokey & ~nat & ~np.isnan(value)
-    dropped(int(nokey.sum()), "events", "missing patient_id, encounter_id or variable", logger=log)
-    dropped(int((~nokey & nat).sum()), "events", "missing time", logger=log)
-    dropped(int((~nokey & ~nat & np.isnan(value)).sum()), "events",
-            "value missing or not numeric (see log for examples)", logger=log)
+    _dropped(int(nokey.sum()), "events", "missing patient_id, encounter_id or variable", level)
+    _dropped(int((~nokey & nat).sum()), "events", "missing time", level)
+    # a NaN value was missing (NaN, None, blank), censored with censored='nan', or text that
+    # is not a number; only the last has examples (parse_values logs them)
+    nan_rows = np.flatnonzero(~nokey & ~nat & np.isnan(value))
+    raw = events["value"].iloc[nan_rows]
+    blank = raw.isna().to_numpy()
+    if not blank.all() and not pd.api.types.is_numeric_dtype(raw.dtype):
+        blank |= (raw.astype("string").str.strip() == "").fillna(True).to_numpy(dtype=bool)
+    cens = ~blank & (flag[nan_rows] != 0)
+    _dropped(int(blank.sum()), "events", "value missing", level)
+    _dropped(int(cens.sum()), "events", "censored value ('<x', '>x') with censored='nan'", level)
+    _dropped(int((~blank & ~cens).sum()), "events", "value not numeric (examples logged above)",
+             level)
     p, e, tt, vc, v = pcode[keep], ecode[keep].astype(np.int64), t[keep], vcode[keep], value[keep]
     dup = _exact_duplicates(p, e, tt, vc, v)
     if dup.any():
-        dropped(int(dup.sum()), "events", "exact duplicates of another event", logger=log)
+        _dropped(int(dup.sum()), "events", "exact duplicates of another event", level)
         p, e, tt, vc, v = p[~dup], e[~dup], tt[~dup], vc[~dup], v[~dup]
     encs = np.asarray(encs, dtype=object)
     if encounters is None and len(e):  # with a table, mismatching events are dropped below
@@ -250,7 +284,7 @@ def _prepare_events(events, encounters, who, censored):
                 "events['encounter_id'].astype(str))."
             )
     if encounters is not None:
-        enc = _prepare_encounters(encounters, who)
+        enc = _prepare_encounters(encounters, who, level)
         pos = pd.Index(enc["encounter_id"]).get_indexer(encs)
         known = pos[e] >= 0
         ep = pd.Index(patients).get_indexer(enc["patient_id"].to_numpy(dtype=object))
@@ -258,11 +292,11 @@ def _prepare_events(events, encounters, who, censored):
         st = ns(enc["start"].to_numpy())[np.where(pos >= 0, pos, 0)][e]
         en = ns(enc["end"].to_numpy())[np.where(pos >= 0, pos, 0)][e]
         inside = same & (tt >= st) & (tt <= en)
-        dropped(int((~known).sum()), "events", "encounter_id not in the encounters table", logger=log)
-        dropped(int((known & ~same).sum()), "events",
-                "patient_id differs from the encounter's patient_id", logger=log)
-        dropped(int((same & ~inside).sum()), "events",
-                "time outside its encounter's [start, end]", logger=log)
+        _dropped(int((~known).sum()), "events", "encounter_id not in the encounters table", level)
+        _dropped(int((known & ~same).sum()), "events",
+                 "patient_id differs from the encounter's patient_id", level)
+        _dropped(int((same & ~inside).sum()), "events",
+                 "time outside its encounter's [start, end]", level)
         p, e, tt, vc, v, st = p[inside], e[inside], tt[inside], vc[inside], v[inside], st[inside]
     else:
         emin = np.full(len(encs), np.iinfo(np.int64).max, dtype=np.int64)
@@ -292,7 +326,7 @@ def _exact_duplicates(*cols: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prepare_encounters(encounters, who):
+def _prepare_encounters(encounters, who, level="warning"):
     require_dataframe(encounters, who, "encounters")
     require_columns(encounters, ["encounter_id", "patient_id", "start", "end"], who)
     enc = pd.DataFrame({
@@ -315,13 +349,14 @@ def _prepare_encounters(encounters, who):
             f"({enc['start'].iloc[i]} > {enc['end'].iloc[i]}). Fix or drop it."
         )
     n_nat = int((enc["start"].isna() | enc["end"].isna()).sum())
-    dropped(n_nat, "encounters", "missing start or end", logger=log)
+    _dropped(n_nat, "encounters", "missing start or end", level)
     return enc.dropna(subset=["start", "end"])
 
 
-def _windows(events, encounters, width, censored, who) -> _Win:
+def _windows(events, encounters, width, censored, who, level="warning") -> _Win:
     w_ns = np.int64(parse_offset(width, who, "width").value)
-    p, e, t, vc, v, st0, patients, encs, variables = _prepare_events(events, encounters, who, censored)
+    p, e, t, vc, v, st0, patients, encs, variables = _prepare_events(events, encounters, who,
+                                                                     censored, level)
     win = (t - st0) // w_ns
     nwin = int(win.max()) + 1 if len(win) else 1
     rcode, ukeys = pd.factorize(e * nwin + win, sort=False)
@@ -467,6 +502,11 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         Cap on the sequence length T: the most recent windows before the index date.
     censored : {"bound", "nan"}
         Rule for censored values, see :func:`parse_values`.
+    log_level : {"warning", "debug"}
+        Level of its data notices (censored and non-numeric values, dropped events and
+        rare variables; always counted). ``"debug"`` suits refits that repeat notices
+        already given, e.g. the per-fold refits of cross-validation (the pipeline's
+        whole-cohort featurizer reports at ``"warning"``).
 
     Attributes
     ----------
@@ -488,13 +528,15 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
     def __init__(self, *, width: str = "4h", min_patient_frac: float = 0.10,
                  lookbacks: Sequence[str] = ("90D", "365D", "all"),
                  stats: Sequence[str] = SUMMARY_STATS, max_len: int = 256,
-                 censored: Literal["bound", "nan"] = "bound"):
+                 censored: Literal["bound", "nan"] = "bound",
+                 log_level: Literal["warning", "debug"] = "warning"):
         self.width = width
         self.min_patient_frac = min_patient_frac
         self.lookbacks = lookbacks
         self.stats = stats
         self.max_len = max_len
         self.censored = censored
+        self.log_level = log_level
 
     # -- fit
     def _validate(self):
@@ -507,13 +549,15 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         if int(self.max_len) < 1:
             raise ValueError(f"{who}: max_len={self.max_len!r} must be a positive integer.")
         parse_offset(self.width, who, "width")
+        _check_level(self.log_level, who)
         for lb in self.lookbacks:
             parse_offset(lb, who, "lookbacks")
 
     def fit(self, events: pd.DataFrame, y=None, *, encounters: pd.DataFrame | None = None):
         """Learn kept variables and min-max ranges from training patients' events."""
         self._validate()
-        w = _windows(events, encounters, self.width, self.censored, "EHRFeaturizer.fit")
+        w = _windows(events, encounters, self.width, self.censored, "EHRFeaturizer.fit",
+                     self.log_level)
         n_pat = len(w.patients)
         if n_pat == 0:
             raise ValueError("EHRFeaturizer.fit: no usable events (all rows were dropped; see log).")
@@ -525,9 +569,9 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
         self.variables_ = [v for v, k in zip(w.variables, keep, strict=False) if k]
         self.dropped_variables_ = {v: float(f) for v, f, k in zip(w.variables, frac, keep, strict=False) if not k}
         if self.dropped_variables_:
-            log.warning("EHRFeaturizer.fit: dropped %d rare variables (seen in < %.0f%% of %d "
-                        "training patients): %s", len(self.dropped_variables_),
-                        100 * self.min_patient_frac, n_pat, sorted(self.dropped_variables_)[:20])
+            log.log(_LEVELS[self.log_level], "EHRFeaturizer.fit: dropped %d rare variables (seen "
+                    "in < %.0f%% of %d training patients): %s", len(self.dropped_variables_),
+                    100 * self.min_patient_frac, n_pat, sorted(self.dropped_variables_)[:20])
         mn = np.full(V, np.inf)
         mx = np.full(V, -np.inf)
         np.minimum.at(mn, w.cvar, w.cval)
@@ -549,7 +593,8 @@ class EHRFeaturizer(TransformerMixin, BaseEstimator):
             raise ValueError(f"{who}: pass exactly one of events= or windows= (from make_windows).")
         if windows is not None:
             return _from_window_frame(windows, self.variables_, who)
-        w = _windows(events, encounters, self.width, self.censored, who)
+        _check_level(self.log_level, who)
+        w = _windows(events, encounters, self.width, self.censored, who, self.log_level)
         kept = set(self.variables_)
         unseen = [v for v in w.variables if v not in kept]
         if unseen:

@@ -56,6 +56,9 @@ def stage_features(cfg: Mapping, ctx: dict) -> dict:
         fz = EHRFeaturizer(lookbacks=tuple(f["lookbacks"]),
                            stats=("last", "mean", "min", "max", "count"))
         fz.fit(clin["events"], encounters=clin["encounters"])
+        # summaries re-read the same events: their notices (dropped events, censored
+        # values, same counts) were just given by fit
+        fz.set_params(log_level="debug")
         ehr = fz.summaries(index, events=clin["events"], encounters=clin["encounters"])
     if f["notes"] and clin["notes"] is not None and len(clin["notes"]):
         from features.notes import NoteEmbedder
@@ -111,7 +114,9 @@ def stage_models(cfg: Mapping, ctx: dict) -> dict:
     f = cfg["features"]
     hook = None
     if (f["ehr"] or f["notes"]) and any(c.startswith(("ehr__", "txt__")) for c in tab.columns):
-        # the EHR and note featurizers are refitted inside every training fold
+        # the EHR and note featurizers are refitted inside every training fold; the EHR
+        # notices (dropped events, censored values) were given for the whole cohort in the
+        # features stage, so the per-fold repeats go to DEBUG
         clin = _clinical(cfg)
         hook = FoldFeaturizer(
             notes=clin["notes"] if f["notes"] and any(c.startswith("txt__") for c in tab.columns) else None,
@@ -119,7 +124,8 @@ def stage_models(cfg: Mapping, ctx: dict) -> dict:
             encounters=clin["encounters"],
             note_embedder=NoteEmbedder("tfidf", n_components=f["note_components"], random_state=seed),
             ehr_featurizer=EHRFeaturizer(lookbacks=tuple(f["lookbacks"]),
-                                         stats=("last", "mean", "min", "max", "count")))
+                                         stats=("last", "mean", "min", "max", "count"),
+                                         log_level="debug"))
     xgb_params = {"n_estimators": m["n_estimators"], "n_jobs": m["n_jobs"]}
     comp = compare_models(tab, y, models=tuple(m["compare"]), ablations=m["ablations"],
                           n_splits=m["n_splits"], n_repeats=m["n_repeats"], preprocessors=hook,

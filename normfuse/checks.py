@@ -78,7 +78,8 @@ def check_columns_match(seen: Sequence[str], got: Sequence[str], who: str) -> No
         raise ColumnContractError(
             f"{who}: columns must match those seen in fit.\n"
             f"Missing: {_fmt(missing)}\nUnexpected: {_fmt(unexpected)}\n"
-            "Rename with df.rename(columns=...) or refit on the new column set."
+            "Rename with df.rename(columns=...) or refit on the new column set.",
+            missing=missing, present=list(map(str, got)),
         )
 
 

@@ -21,14 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from normfuse import __version__
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "console_main", "build_parser"]
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPT = 0, 1, 2, 130
 _ATLASES = ("aseg", "aparc", "aparc.DKTatlas", "aparc.a2009s", "wmparc", "brainvol")
@@ -83,6 +85,55 @@ def _volumes(args):
 
     return read_volumes(args.tables, args.demographics, what="volumes",
                         sex_codes=args.sex_codes, join=args.join or (), where=args.where or ())
+
+
+def _tables_named(args) -> str:
+    """The volume tables a subcommand read, as the user typed them (for error messages)."""
+    tabs = [str(t) for t in args.tables]
+    out = ", ".join(tabs[:3]) + (f" (+{len(tabs) - 3} more)" if len(tabs) > 3 else "")
+    if getattr(args, "demographics", None):
+        out += f" (with --demographics {args.demographics})"
+    return out
+
+
+def _contract_message(exc, args) -> str:
+    """A model's column-contract error, said about the files: the table(s) named, lists capped."""
+    from normfuse.checks import _fmt
+
+    where = _tables_named(args)
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not exc.missing:
+        return f"{where}: {' '.join(lines)}"
+    who = lines[0].split(":", 1)[0] if ":" in lines[0] else "normfuse"
+    missing, present = exc.missing, exc.present
+    if "columns must match" in lines[0]:
+        model = f"the model {args.model}" if getattr(args, "model", None) else "the model"
+        return (f"{where}: {who}: the table lacks {len(missing)} region column(s) {model} was "
+                f"fitted on: {_fmt(missing, limit=10)}; its columns: {_fmt(present, limit=10)}. "
+                "Pass volume tables with these regions (FreeSurfer 7 names, as `normfuse "
+                "freesurfer collect` writes), or a model fitted on this table's regions.")
+    hints = [ln for ln in lines[1:] if not ln.startswith(("Missing:", "Present:", "Unexpected:"))]
+    demo = "" if {"age", "sex", "site"}.isdisjoint(missing) else (
+        " age, sex and site may also come from --demographics FILE (subject_id, age, sex, "
+        "site).")
+    return (f"{where}: {who}: required columns are missing: {_fmt(missing, limit=10)}; "
+            f"present: {_fmt(present, limit=10)}. Add or rename them in the table."
+            + demo + (" " + " ".join(hints) if hints else ""))
+
+
+def _about_tables(func, args):
+    """Run ``func`` (reading or modelling the subcommand's tables); errors name the tables."""
+    from normfuse.errors import ColumnContractError, InputFormatError
+
+    try:
+        return func()
+    except ColumnContractError as exc:
+        raise ColumnContractError(_contract_message(exc, args), missing=exc.missing,
+                                  present=exc.present) from exc
+    except InputFormatError as exc:
+        if exc.path is not None:        # it names its file already
+            raise
+        raise InputFormatError(f"{_tables_named(args)}: {exc}") from exc
 
 
 def _load_model(path):
@@ -205,22 +256,30 @@ def cmd_fs_collect(args) -> int:
 def cmd_norm_fit(args) -> int:
     from normative.model import NormativeModel
 
-    vols = _volumes(args)
+    vols = _about_tables(lambda: _volumes(args), args)
     if args.exclude_sites:
+        if "site" not in vols.columns:
+            from normfuse.errors import InputFormatError
+
+            raise InputFormatError(f"{_tables_named(args)}: --exclude-sites needs a 'site' "
+                                   "column; add it to the table or pass --demographics FILE "
+                                   "with one.")
         vols = vols.loc[~vols["site"].astype(str).isin(args.exclude_sites).to_numpy()]
     regions = args.regions or None
     if regions is None:
         from normfuse.pipeline import _regions
 
-        regions = _regions({"normative": {"regions": []}}, vols)
-    m = NormativeModel(regions, likelihood=args.likelihood, device=args.device).fit(vols)
+        regions = _about_tables(lambda: _regions({"normative": {"regions": []}}, vols), args)
+    m = _about_tables(lambda: NormativeModel(regions, likelihood=args.likelihood,
+                                             device=args.device).fit(vols), args)
     m.save(args.out)
     return EXIT_OK
 
 
 def cmd_norm_adapt(args) -> int:
     m = _load_model(args.model)
-    m.adapt(_volumes(args)).save(args.out)
+    vols = _about_tables(lambda: _volumes(args), args)
+    _about_tables(lambda: m.adapt(vols), args).save(args.out)
     return EXIT_OK
 
 
@@ -229,14 +288,14 @@ def _new_sites_hint(func, args):
     from normfuse.errors import UnknownSiteError
 
     try:
-        return func()
+        return _about_tables(func, args)
     except UnknownSiteError as exc:
         if not exc.sites:       # raised without the structured details: keep its own words
             raise
         known = f" (the model knows {exc.known[:10]}{' ...' if len(exc.known) > 10 else ''})" \
             if exc.known else ""
         raise UnknownSiteError(
-            f"{exc.n_rows} rows come from site(s) {exc.sites[:10]} that {args.model} was neither "
+            f"{_tables_named(args)}: {exc.n_rows} rows come from site(s) {exc.sites[:10]} that {args.model} was neither "
             f"fitted on nor adapted to{known}. Adapt the model to them first: "
             f"`normfuse normative adapt {args.model} "
             "LOCAL_CONTROLS.csv --out ADAPTED/` (a few healthy controls per new site, never "
@@ -246,7 +305,7 @@ def _new_sites_hint(func, args):
 
 def cmd_norm_score(args) -> int:
     m = _load_model(args.model)
-    vols = _volumes(args)
+    vols = _about_tables(lambda: _volumes(args), args)
     dev = _new_sites_hint(lambda: m.deviations(vols, threshold=args.threshold, tail=args.tail),
                           args)
     _write_table(dev, args.out)
@@ -255,7 +314,7 @@ def cmd_norm_score(args) -> int:
 
 def cmd_norm_evaluate(args) -> int:
     m = _load_model(args.model)
-    vols = _volumes(args)
+    vols = _about_tables(lambda: _volumes(args), args)
     sc = _new_sites_hint(lambda: m.score(vols), args)
     _write_table(sc.rename_axis("region").reset_index(), args.out)
     return EXIT_OK
@@ -410,5 +469,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def console_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The installed ``normfuse`` program: :func:`main`, then a clean process exit.
+
+    :func:`main` has written and closed every output file by the time it returns (stage
+    files are moved into place atomically, the manifest is written last, DuckDB
+    connections and thread pools are closed in ``finally`` blocks). What is left is the
+    interpreter's own teardown, and there pyarrow's native thread pools (started by any
+    Parquet read, e.g. the tables read back on a resumed run) race against the C++
+    static destructors: about 1 run in 40 under load ended with ``terminate called
+    without an active exception`` and exit code 134 after a complete, correct run
+    (apache/arrow#34314). So the program flushes its log handlers and standard streams
+    and leaves with ``os._exit(rc)``, which skips that teardown. Python callers of
+    :func:`main` (tests, notebooks) are unaffected: it returns the exit code.
+    """
+    rc = main(argv)
+    try:
+        logging.shutdown()          # flushes and closes the handlers (atexit would)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):   # a closed or broken pipe: nothing more can be said
+        rc = rc or EXIT_ERROR
+    os._exit(rc)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()

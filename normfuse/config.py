@@ -37,7 +37,7 @@ from typing import Any
 from normfuse.errors import NormfuseError
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "parse_config", "to_toml",
-           "schema_table", "config_digest", "input_paths"]
+           "schema_table", "config_digest", "input_paths", "check_input_paths"]
 
 
 class ConfigError(NormfuseError, ValueError):
@@ -324,7 +324,7 @@ def _suggest(name: str, known) -> str:
 
 
 def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
-                 source: str = "config") -> dict[str, dict[str, Any]]:
+                 source: str = "config", check_files: bool = False) -> dict[str, dict[str, Any]]:
     """Validate a configuration mapping and fill defaults; resolve paths against ``base_dir``.
 
     Parameters
@@ -332,6 +332,8 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
     raw : the parsed TOML (sections of keys).
     base_dir : folder relative paths are resolved against (the TOML file's folder).
     source : name used in error messages (the file name).
+    check_files : also check that every input path exists (:func:`check_input_paths`);
+        :func:`load_config` does.
 
     Returns
     -------
@@ -340,8 +342,10 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
     Raises
     ------
     ConfigError
-        Unknown section or key, wrong type, invalid choice, out-of-range value, or an
-        inconsistent combination (no patients' volumes, no reference).
+        Unknown section or key, wrong type, invalid choice, out-of-range value, an
+        inconsistent combination (no patients' volumes, no reference), a
+        ``[clinical] source`` that is neither a ``.duckdb`` file nor a ``postgresql://``
+        URL, or (``check_files=True``) an input path that does not exist.
     """
     if not isinstance(raw, Mapping):
         raise _fail(source, "the configuration must be a table of sections.")
@@ -370,8 +374,10 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
             sect[name] = value
         out[sec] = sect
     src = out["clinical"]["source"]
-    if src and not src.startswith(("postgresql://", "postgresql+", "postgres://")):
-        out["clinical"]["source"] = str(base / Path(src).expanduser())
+    if src:
+        _check_source(source, src)
+        if not _is_url(src):
+            out["clinical"]["source"] = str(base / Path(src).expanduser())
     from normfuse._pipeline_inputs import parse_sex_codes, parse_where
     from normfuse.errors import InputFormatError
 
@@ -409,16 +415,124 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
     if not c["source"] and not c["visits"]:
         raise _fail(source, "[clinical] needs source (a .duckdb file or postgresql:// URL) or "
                     "visits (a visits table); set one of them.")
+    m = out["models"]
+    if m["enabled"] and m["compare"] and _BASELINE not in m["compare"]:
+        raise _fail(source, f"[models] compare = {m['compare']!r} lacks {_BASELINE!r}, the "
+                    "baseline every other model is compared with (DeLong/bootstrap p-values); "
+                    "add it to the list.")
+    if check_files:
+        check_input_paths(out, source=source, raw=raw)
     return out
 
 
-def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read and validate a study TOML file (see :data:`SCHEMA`).
+#: The model the pipeline compares every other one with (models.compare_models' default
+#: ``baseline``; not imported here, models.compare takes seconds to import).
+_BASELINE = "dev_count_logistic"
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value
+
+
+def _check_source(src_name: str, value: str) -> None:
+    """[clinical] source is a .duckdb file or a postgresql:// URL (checked before any stage)."""
+    where = f"{src_name}: [clinical] source = {value!r}"
+    if _is_url(value):
+        import re
+
+        if not re.match(r"(postgresql|postgres|postgresql\+\w+)://", value):
+            scheme = value.split("://", 1)[0]
+            raise ConfigError(f"{where}: the URL scheme {scheme + '://'!r} is not supported; "
+                              "use an OMOP CDM in PostgreSQL (postgresql://USER@HOST/DB, or "
+                              "postgresql+DRIVER://...) or an OMOP-shaped .duckdb file.")
+        return
+    suffix = Path(value).suffix.lower()
+    if suffix == ".duckdb":
+        return
+    if suffix in (".csv", ".tsv", ".txt", ".parquet"):
+        fix = ("a table file is not a source: set [clinical] visits (and events, encounters, "
+               "notes) to your tables instead and leave source empty")
+    else:
+        fix = ("use an OMOP-shaped DuckDB file ending in .duckdb or a postgresql:// URL, or "
+               "leave source empty and set [clinical] visits/events/notes")
+    raise ConfigError(f"{where} has suffix {suffix or '(none)'!r}; {fix}.")
+
+
+#: Path keys that name a folder; every other path key names a file, except the volume
+#: ``tables`` lists, which also take a SUBJECTS_DIR.
+_FOLDER_KEYS = {("patients", "subjects_dir"): "a FreeSurfer SUBJECTS_DIR",
+                ("reference", "model"): "the folder `normfuse normative fit` writes"}
+
+
+def check_input_paths(config: Mapping[str, Mapping[str, Any]], *, source: str = "config",
+                      raw: Mapping[str, Any] | None = None) -> None:
+    """Check that every input path of a parsed configuration exists (file or folder as needed).
+
+    Called by :func:`load_config`, so that a wrong path stops ``normfuse run`` before any
+    stage runs or any output is written.
+
+    Parameters
+    ----------
+    config : a configuration from :func:`parse_config` (paths absolute).
+    source : name used in error messages (the TOML file).
+    raw : the mapping as written, to quote the value the user wrote (else the resolved path).
 
     Raises
     ------
     ConfigError
-        The file is missing, is not valid TOML, or fails validation (:func:`parse_config`).
+        One line naming the section, key, the value as written, the path looked for and
+        the fix.
+    """
+    raw = raw or {}
+
+    def written(sec, name, i, resolved):
+        v = raw.get(sec, {}).get(name, resolved) if isinstance(raw.get(sec), Mapping) \
+            else resolved
+        if isinstance(v, list):
+            v = v[i] if i is not None and i < len(v) else resolved
+        return v
+
+    checks = []
+    for sec, keys in SCHEMA.items():
+        for name, key in keys.items():
+            v = config[sec][name]
+            if key.type == "path" and v:
+                checks.append((sec, name, None, v))
+            elif key.type == "paths":
+                checks.extend((sec, name, i, p) for i, p in enumerate(v))
+    src = config["clinical"]["source"]
+    if src and not _is_url(src):
+        checks.append(("clinical", "source", None, src))
+    for sec, name, i, value in checks:
+        p = Path(value)
+        shown = written(sec, name, i, value)
+        where = f"{source}: [{sec}] {name} = {shown!r}"
+        looked = f" (looked for {p})" if str(shown) != str(p) else ""
+        folder = _FOLDER_KEYS.get((sec, name))
+        if not p.exists():
+            raise ConfigError(f"{where} not found{looked}; fix the path (relative paths are "
+                              "resolved against the config file's folder).")
+        if folder and not p.is_dir():
+            raise ConfigError(f"{where} is a file; it must be a folder ({folder}); fix the "
+                              "path.")
+        if not folder and name != "tables" and p.is_dir():
+            raise ConfigError(f"{where} is a folder; it must be a file; fix the path.")
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> dict[str, dict[str, Any]]:
+    """Read and validate a study TOML file (see :data:`SCHEMA`).
+
+    Parameters
+    ----------
+    path : the study TOML file; relative paths in it resolve against its folder.
+    check_files : check that every input file and folder it names exists, so that a
+        wrong path stops a run before any stage (default True).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not valid TOML, fails validation (:func:`parse_config`),
+        or names an input that does not exist (:func:`check_input_paths`).
     """
     import tomllib
 
@@ -430,7 +544,7 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from exc
-    return parse_config(raw, base_dir=path.parent, source=str(path))
+    return parse_config(raw, base_dir=path.parent, source=str(path), check_files=check_files)
 
 
 def _toml_value(v: Any) -> str:
@@ -516,6 +630,6 @@ def input_paths(config: Mapping[str, Mapping[str, Any]]) -> list[str]:
             elif key.type == "paths":
                 out.extend(v)
     src = config["clinical"]["source"]
-    if src and not src.startswith(("postgres", "postgresql")):
+    if src and not _is_url(src):
         out.append(src)
     return out

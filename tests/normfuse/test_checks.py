@@ -85,3 +85,10 @@ def test_check_finite_hint_and_positions():
     x = np.array([[1.0, 2.0], [3.0, np.nan]])
     with pytest.raises(ColumnContractError, match=r"column 'y' holds nan at row 1 .*Impute first\.$"):
         checks.check_finite(x, ["x", "y"], "h", hint="Impute first.")
+
+
+def test_check_columns_match_carries_missing_and_present():
+    """The column-mismatch error carries the missing and present names for callers to reword."""
+    with pytest.raises(ColumnContractError, match=r"Missing: \['b'\]\nUnexpected: \['c'\]") as ei:
+        checks.check_columns_match(["a", "b"], ["a", "c"], who="M.transform")
+    assert ei.value.missing == ["b"] and ei.value.present == ["a", "c"]

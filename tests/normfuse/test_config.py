@@ -48,6 +48,15 @@ def test_defaults_filled_and_paths_resolved(tmp_path):
      r"'delong', 'cluster_bootstrap'; fix the value\.$"),
     (_raw(models={"ci": 1}), r"\[models\] ci = 1 must be a string"),
     (_raw(reference={"model": "m"}), r"\[reference\] sets both model and tables"),
+    (_raw(clinical={"source": "data/participants.tsv"}),
+     r"\[clinical\] source = 'data/participants\.tsv' has suffix '\.tsv'; a table file is not "
+     r"a source: set \[clinical\] visits \(and events, encounters, notes\) to your tables"),
+    (_raw(models={"compare": ["ehr_xgb"]}), r"\[models\] compare = \['ehr_xgb'\] lacks "
+     r"'dev_count_logistic', the baseline every other model is compared with"),
+    (_raw(clinical={"source": "omop.db"}), r"\[clinical\] source = 'omop\.db' has suffix "
+     r"'\.db'; use an OMOP-shaped DuckDB file ending in \.duckdb or a postgresql:// URL"),
+    (_raw(clinical={"source": "sqlite:///cdm.db"}), r"\[clinical\] source = 'sqlite:///cdm\.db'"
+     r": the URL scheme 'sqlite://' is not supported"),
     ({"patients": {}, "reference": {"tables": ["r"]}, "clinical": {"source": "e.duckdb"}},
      r"\[patients\] needs exactly one of subjects_dir"),
 ])
@@ -65,7 +74,7 @@ def test_toml_round_trip(tmp_path):
                        base_dir=tmp_path)
     p = tmp_path / "study.toml"
     p.write_text(to_toml(cfg, relative_to=tmp_path))
-    assert load_config(p) == cfg
+    assert load_config(p, check_files=False) == cfg
     assert '# Deviations counted in the main analysis' in p.read_text()
 
 
@@ -78,13 +87,13 @@ def test_toml_round_trip_with_paths_outside_the_folder(tmp_path):
     p = study / "study.toml"
     text = to_toml(cfg, relative_to=study)
     p.write_text(text)
-    assert load_config(p) == cfg
+    assert load_config(p, check_files=False) == cfg
     assert f'tables = ["{data / "ref.txt"}", "ref2.txt"]' in text
     assert f'source = "{data / "ehr.duckdb"}"' in text
     # the folder moves with its files inside: the relative entries follow it
     moved = tmp_path / "moved"
     study.rename(moved)
-    back = load_config(moved / "study.toml")
+    back = load_config(moved / "study.toml", check_files=False)
     assert back["reference"]["tables"] == [str(data / "ref.txt"), str(moved / "ref2.txt")]
 
 
@@ -123,7 +132,7 @@ def test_where_and_join_keys_parsed(tmp_path):
     assert cfg["patients"]["where"] == [] and cfg["controls"]["join"] == []
     p = tmp_path / "study.toml"
     p.write_text(to_toml(cfg, relative_to=tmp_path))
-    assert load_config(p) == cfg
+    assert load_config(p, check_files=False) == cfg
 
 
 @pytest.mark.parametrize("over, match", [
@@ -153,3 +162,73 @@ def test_where_and_join_errors_name_section_key_and_value(over, match):
         parse_config(_raw(**over), source="study.toml")
     msg = str(ei.value)
     assert "\n" not in msg and "--where" not in msg
+
+
+def test_postgres_urls_accepted_and_kept():
+    """postgresql://, postgres:// and postgresql+DRIVER:// sources are kept as written."""
+    for url in ("postgresql://me@db/cdm", "postgres://me@db/cdm", "postgresql+psycopg://me@db/c"):
+        assert parse_config(_raw(clinical={"source": url}))["clinical"]["source"] == url
+
+
+def _study(tmp_path, **over):
+    """A study folder whose every input exists; ``over`` replaces sections' keys."""
+    (tmp_path / "subjects").mkdir()
+    for f in ("ref.txt", "ehr.duckdb", "participants.tsv"):
+        (tmp_path / f).write_text("x")
+    over = {**over, "patients": {"demographics": "participants.tsv", **over.get("patients", {})}}
+    raw = _raw(**over)
+    lines = []
+    for sec, kv in raw.items():
+        lines.append(f"[{sec}]")
+        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in kv.items()]
+    p = tmp_path / "study.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_load_config_checks_every_input_path(tmp_path):
+    """A missing input, or a file where a folder belongs (and back), fails at load time."""
+    assert load_config(_study(tmp_path))["patients"]["demographics"] == \
+        str(tmp_path / "participants.tsv")
+    (tmp_path / "participants.tsv").unlink()
+    p = tmp_path / "study.toml"
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert str(ei.value) == (
+        f"{p}: [patients] demographics = 'participants.tsv' not found (looked for "
+        f"{tmp_path / 'participants.tsv'}); fix the path (relative paths are resolved against "
+        "the config file's folder).")
+    assert load_config(p, check_files=False)["patients"]["demographics"]   # parsing alone passes
+    (tmp_path / "participants.tsv").mkdir()
+    with pytest.raises(ConfigError, match=r"\[patients\] demographics = 'participants\.tsv' is "
+                       r"a folder; it must be a file; fix the path\.$"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("sec, key, value, match", [
+    ("patients", "subjects_dir", "ref.txt", r"\[patients\] subjects_dir = 'ref\.txt' is a file; "
+     r"it must be a folder \(a FreeSurfer SUBJECTS_DIR\)"),
+    ("reference", "tables", ["ref.txt", "ref2.txt"], r"\[reference\] tables = 'ref2\.txt' not "
+     r"found"),
+    ("clinical", "source", "nosuch.duckdb", r"\[clinical\] source = 'nosuch\.duckdb' not found"),
+    ("controls", "join", ["split.csv"], r"\[controls\] join = 'split\.csv' not found"),
+    ("clinical", "notes", "notes.csv", r"\[clinical\] notes = 'notes\.csv' not found"),
+])
+def test_load_config_names_the_bad_path(tmp_path, sec, key, value, match):
+    """Each input path key is checked at load and its error names section, key and value."""
+    over = {sec: {key: value}}
+    if sec == "controls":
+        over[sec]["tables"] = ["ref.txt"]
+    with pytest.raises(ConfigError, match=match) as ei:
+        load_config(_study(tmp_path, **over))
+    assert "\n" not in str(ei.value)
+
+
+def test_baseline_is_the_one_compare_models_uses():
+    """The baseline the config insists on is compare_models' default baseline."""
+    import inspect
+
+    from models.compare import compare_models
+    from normfuse.config import _BASELINE
+
+    assert inspect.signature(compare_models).parameters["baseline"].default == _BASELINE
