@@ -218,6 +218,12 @@ def _as_list(obj) -> list[tuple[str | None, Any]]:
     return [(None, obj)]
 
 
+def _is_braincharts(model) -> bool:
+    from normative.braincharts import BrainchartsModel
+
+    return isinstance(model, BrainchartsModel)
+
+
 def _scalar_fields(obj) -> dict:
     """Scalar settings of a result dataclass (str, int, float, bool; tuples of str)."""
     out = {}
@@ -410,7 +416,9 @@ class _Builder:
         model = spec.get("model")
         held, patients, controls = spec.get("held_out"), spec.get("patients"), spec.get("controls")
         parts, notes = [], []
-        if model is not None:
+        if model is not None and _is_braincharts(model):
+            parts.append("<h3>Model</h3>" + self._braincharts_info(model))
+        elif model is not None:
             self.record("normative", model)
             d = model.design_
             info = pd.DataFrame({"value": [
@@ -429,7 +437,9 @@ class _Builder:
                 zh = model.transform(held)
         if score is not None:
             agg = score.describe().T[["mean", "min", "50%", "max"]].rename(columns={"50%": "median"})
-            parts.append("<h3>Held-out control calibration</h3><p class=\"note\">Across "
+            who = spec.get("held_out_label")
+            who = f"Controls: {html.escape(str(who))}. " if who else ""
+            parts.append(f"<h3>Held-out control calibration</h3><p class=\"note\">{who}Across "
                          f"{len(score)} regions (EXPV, SMSE, MSLL, Rho; Z moments should be 0, 1, 0, 0 "
                          "and |Z| &gt; 1.96 should occur in 5 % of controls).</p>" + _table(agg))
             parts.append(f"<details><summary>Per region</summary>{_table(score, max_rows=500)}</details>")
@@ -458,6 +468,33 @@ class _Builder:
         elif zp is not None:
             notes.append("expected vs observed counts need held-out controls (held_out= or z_held_out=).")
         return "".join(parts), notes
+
+    def _braincharts_info(self, model) -> str:
+        """The model table of a braincharts reference; its facts go to the methods too."""
+        n_ref = int(model.n_reference_sites_)
+        adapted = list(model.sites_[n_ref:])
+        lo, hi = model.age_range_
+        n_train = np.asarray(model.n_train_)
+        facts = {
+            "reference model": "braincharts lifespan models (Rutherford et al. 2022, eLife)",
+            "likelihood": "SinhArcsinh-warped BLR (braincharts)",
+            "source": str(model.source_),
+            "covariates": "age, sex, site (no ICV)",
+            "responses": len(model.responses_),
+            "training sites": n_ref,
+            "training subjects per measure": (f"{int(n_train.min())}-{int(n_train.max())}"
+                                              if n_train.size and n_train.max() > 0 else "not recorded"),
+            "adapted sites": ", ".join(adapted) if adapted else "none",
+            "model age range (years)": f"{lo:.1f}-{hi:.1f}",
+        }
+        for k in ("reference model", "likelihood", "source", "covariates", "training sites",
+                  "adapted sites", "model age range (years)"):
+            self.setting("normative", k, facts[k])
+        self.setting("normative", "reference_kind", "braincharts")
+        note = ("" if adapted else '<p class="note">The model was not adapted to any site: '
+                "Z-scores are only valid for scans from its training sites.</p>")
+        info = pd.DataFrame({"value": [str(v) for v in facts.values()]}, index=list(facts))
+        return _table(info) + note
 
     def _centile_figures(self, model, spec, controls, patients) -> str:
         from normative.plotting import plot_centiles
@@ -646,7 +683,19 @@ def _methods_html(b: _Builder, versions: dict, keys: Sequence[str]) -> str:
         s["value"] = s["value"].map(str)
     sentences = []
     nm = s.loc[(s["section"] == "normative")].set_index("setting")["value"] if len(s) else pd.Series()
-    if "likelihood" in nm:
+    if nm.get("reference_kind") == "braincharts":
+        adapted = nm.get("adapted sites", "none")
+        sentences.append(
+            "Deviation scores (Z) came from the published braincharts lifespan models (Rutherford "
+            "et al. 2022; one SinhArcsinh-warped Bayesian linear regression per region on age, sex "
+            f"and site, trained on {nm.get('training sites', '')} sites; {nm.get('source', '')}; "
+            f"model age range {nm.get('model age range (years)', '')} years), read without "
+            "refitting. "
+            + (f"They were adapted to the study's sites ({adapted}) from local healthy controls: "
+               "a per-site offset and log-scale in the warped space, shrunk toward the training "
+               "sites' spread (empirical Bayes), with their uncertainty added to the predictive "
+               "variance." if adapted != "none" else "They were not adapted to the study's sites."))
+    elif "likelihood" in nm:
         sentences.append(
             f"Normative models were fitted to healthy reference controls with a {nm['likelihood']} "
             f"likelihood ({nm.get('backend', 'native')} backend, covariates {nm.get('covariates', '')}, "
@@ -691,8 +740,10 @@ def build_report(results: Mapping[str, Any], *, title: str = "normfuse report",
 
         - ``"cohort"``: a DataFrame (per person: summarised by :func:`cohort_table`,
           split by a ``group`` column when present) or ``{"data": df, "group": col}``.
-        - ``"normative"``: a fitted ``NormativeModel``, or a dict with ``model`` and any
-          of ``held_out`` (held-out controls: calibration, expected counts),
+        - ``"normative"``: a fitted ``NormativeModel`` or ``BrainchartsModel`` (described
+          as the published braincharts reference: source, training sites, adapted
+          sites, age range), or a dict with ``model`` and any of ``held_out`` (held-out
+          controls: calibration, expected counts), ``held_out_label`` (who they are),
           ``patients`` (overlaid on centile curves; observed counts), ``controls``,
           ``responses`` (regions drawn), ``sex``, ``site``, or precomputed ``score``,
           ``z_held_out``, ``z_patients``.
