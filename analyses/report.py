@@ -218,12 +218,6 @@ def _as_list(obj) -> list[tuple[str | None, Any]]:
     return [(None, obj)]
 
 
-def _is_braincharts(model) -> bool:
-    from normative.braincharts import BrainchartsModel
-
-    return isinstance(model, BrainchartsModel)
-
-
 def _scalar_fields(obj) -> dict:
     """Scalar settings of a result dataclass (str, int, float, bool; tuples of str)."""
     out = {}
@@ -416,7 +410,7 @@ class _Builder:
         model = spec.get("model")
         held, patients, controls = spec.get("held_out"), spec.get("patients"), spec.get("controls")
         parts, notes = [], []
-        if model is not None and _is_braincharts(model):
+        if model is not None and type(model).__name__ == "BrainchartsModel":
             parts.append("<h3>Model</h3>" + self._braincharts_info(model))
         elif model is not None:
             self.record("normative", model)
@@ -471,30 +465,14 @@ class _Builder:
 
     def _braincharts_info(self, model) -> str:
         """The model table of a braincharts reference; its facts go to the methods too."""
-        n_ref = int(model.n_reference_sites_)
-        adapted = list(model.sites_[n_ref:])
-        lo, hi = model.age_range_
-        n_train = np.asarray(model.n_train_)
-        facts = {
-            "reference model": "braincharts lifespan models (Rutherford et al. 2022, eLife)",
-            "likelihood": "SinhArcsinh-warped BLR (braincharts)",
-            "source": str(model.source_),
-            "covariates": "age, sex, site (no ICV)",
-            "responses": len(model.responses_),
-            "training sites": n_ref,
-            "training subjects per measure": (f"{int(n_train.min())}-{int(n_train.max())}"
-                                              if n_train.size and n_train.max() > 0 else "not recorded"),
-            "adapted sites": ", ".join(adapted) if adapted else "none",
-            "model age range (years)": f"{lo:.1f}-{hi:.1f}",
-        }
-        for k in ("reference model", "likelihood", "source", "covariates", "training sites",
-                  "adapted sites", "model age range (years)"):
-            self.setting("normative", k, facts[k])
+        from analyses._report_braincharts import braincharts_facts
+
+        facts, note = braincharts_facts(model)
+        for k, v in facts.items():
+            self.setting("normative", k, v)
         self.setting("normative", "reference_kind", "braincharts")
-        note = ("" if adapted else '<p class="note">The model was not adapted to any site: '
-                "Z-scores are only valid for scans from its training sites.</p>")
         info = pd.DataFrame({"value": [str(v) for v in facts.values()]}, index=list(facts))
-        return _table(info) + note
+        return _table(info) + (f'<p class="note">{html.escape(note)}</p>' if note else "")
 
     def _centile_figures(self, model, spec, controls, patients) -> str:
         from normative.plotting import plot_centiles
@@ -684,17 +662,9 @@ def _methods_html(b: _Builder, versions: dict, keys: Sequence[str]) -> str:
     sentences = []
     nm = s.loc[(s["section"] == "normative")].set_index("setting")["value"] if len(s) else pd.Series()
     if nm.get("reference_kind") == "braincharts":
-        adapted = nm.get("adapted sites", "none")
-        sentences.append(
-            "Deviation scores (Z) came from the published braincharts lifespan models (Rutherford "
-            "et al. 2022; one SinhArcsinh-warped Bayesian linear regression per region on age, sex "
-            f"and site, trained on {nm.get('training sites', '')} sites; {nm.get('source', '')}; "
-            f"model age range {nm.get('model age range (years)', '')} years), read without "
-            "refitting. "
-            + (f"They were adapted to the study's sites ({adapted}) from local healthy controls: "
-               "a per-site offset and log-scale in the warped space, shrunk toward the training "
-               "sites' spread (empirical Bayes), with their uncertainty added to the predictive "
-               "variance." if adapted != "none" else "They were not adapted to the study's sites."))
+        from analyses._report_braincharts import braincharts_methods
+
+        sentences.append(braincharts_methods(nm))
     elif "likelihood" in nm:
         sentences.append(
             f"Normative models were fitted to healthy reference controls with a {nm['likelihood']} "
