@@ -410,7 +410,9 @@ class _Builder:
         model = spec.get("model")
         held, patients, controls = spec.get("held_out"), spec.get("patients"), spec.get("controls")
         parts, notes = [], []
-        if model is not None:
+        if model is not None and type(model).__name__ == "BrainchartsModel":
+            parts.append("<h3>Model</h3>" + self._braincharts_info(model))
+        elif model is not None:
             self.record("normative", model)
             d = model.design_
             info = pd.DataFrame({"value": [
@@ -429,7 +431,9 @@ class _Builder:
                 zh = model.transform(held)
         if score is not None:
             agg = score.describe().T[["mean", "min", "50%", "max"]].rename(columns={"50%": "median"})
-            parts.append("<h3>Held-out control calibration</h3><p class=\"note\">Across "
+            who = spec.get("held_out_label")
+            who = f"Controls: {html.escape(str(who))}. " if who else ""
+            parts.append(f"<h3>Held-out control calibration</h3><p class=\"note\">{who}Across "
                          f"{len(score)} regions (EXPV, SMSE, MSLL, Rho; Z moments should be 0, 1, 0, 0 "
                          "and |Z| &gt; 1.96 should occur in 5 % of controls).</p>" + _table(agg))
             parts.append(f"<details><summary>Per region</summary>{_table(score, max_rows=500)}</details>")
@@ -458,6 +462,17 @@ class _Builder:
         elif zp is not None:
             notes.append("expected vs observed counts need held-out controls (held_out= or z_held_out=).")
         return "".join(parts), notes
+
+    def _braincharts_info(self, model) -> str:
+        """The model table of a braincharts reference; its facts go to the methods too."""
+        from analyses._report_braincharts import braincharts_facts
+
+        facts, note = braincharts_facts(model)
+        for k, v in facts.items():
+            self.setting("normative", k, v)
+        self.setting("normative", "reference_kind", "braincharts")
+        info = pd.DataFrame({"value": [str(v) for v in facts.values()]}, index=list(facts))
+        return _table(info) + (f'<p class="note">{html.escape(note)}</p>' if note else "")
 
     def _centile_figures(self, model, spec, controls, patients) -> str:
         from normative.plotting import plot_centiles
@@ -646,7 +661,11 @@ def _methods_html(b: _Builder, versions: dict, keys: Sequence[str]) -> str:
         s["value"] = s["value"].map(str)
     sentences = []
     nm = s.loc[(s["section"] == "normative")].set_index("setting")["value"] if len(s) else pd.Series()
-    if "likelihood" in nm:
+    if nm.get("reference_kind") == "braincharts":
+        from analyses._report_braincharts import braincharts_methods
+
+        sentences.append(braincharts_methods(nm))
+    elif "likelihood" in nm:
         sentences.append(
             f"Normative models were fitted to healthy reference controls with a {nm['likelihood']} "
             f"likelihood ({nm.get('backend', 'native')} backend, covariates {nm.get('covariates', '')}, "
@@ -691,8 +710,10 @@ def build_report(results: Mapping[str, Any], *, title: str = "normfuse report",
 
         - ``"cohort"``: a DataFrame (per person: summarised by :func:`cohort_table`,
           split by a ``group`` column when present) or ``{"data": df, "group": col}``.
-        - ``"normative"``: a fitted ``NormativeModel``, or a dict with ``model`` and any
-          of ``held_out`` (held-out controls: calibration, expected counts),
+        - ``"normative"``: a fitted ``NormativeModel`` or ``BrainchartsModel`` (described
+          as the published braincharts reference: source, training sites, adapted
+          sites, age range), or a dict with ``model`` and any of ``held_out`` (held-out
+          controls: calibration, expected counts), ``held_out_label`` (who they are),
           ``patients`` (overlaid on centile curves; observed counts), ``controls``,
           ``responses`` (regions drawn), ``sex``, ``site``, or precomputed ``score``,
           ``z_held_out``, ``z_patients``.

@@ -671,6 +671,57 @@ class BrainchartsModel:
         log.info("adapted %d new site(s) from %d local controls", S, len(local_controls))
         return new
 
+    # ------------------------------------------------------------- subset
+    def subset(self, responses: Sequence[str]) -> BrainchartsModel:
+        """Return a copy restricted to ``responses`` (FreeSurfer 7 or braincharts names).
+
+        Each measure's model is independent, so the copy predicts exactly as the full
+        model does on those measures (adapted sites included), and its data need only
+        those columns. The input model is unchanged.
+
+        Raises
+        ------
+        ColumnContractError
+            When a name is not one of the model's measures (the message lists them all).
+        """
+        from normative.freesurfer import harmonise_region_names
+
+        self._check_fitted()
+        pos = {r: i for i, r in enumerate(self.responses_)}
+        for i, mname in enumerate(self.measures_):
+            pos.setdefault(mname, i)
+        want = [str(r) for r in responses]
+        idx, missing = [], []
+        for r in want:
+            i = pos.get(r, pos.get(harmonise_region_names(r)))
+            (idx.append(i) if i is not None else missing.append(r))
+        if missing:
+            raise ColumnContractError(
+                f"BrainchartsModel.subset: {len(missing)} of {len(want)} requested measures are "
+                f"not in the model.\nMissing: {missing[:20]}{' ...' if len(missing) > 20 else ''}\n"
+                f"The model holds {len(self.responses_)}: {list(self.responses_)[:20]}"
+                f"{' ...' if len(self.responses_) > 20 else ''}. Import them with "
+                "import_braincharts(zip_path, measures=[...]), or leave them out.")
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"BrainchartsModel.subset: responses name the same measure twice: {want}")
+        ix = np.asarray(idx, dtype=np.int64)
+        new = copy.copy(self)
+        new.responses_ = [self.responses_[i] for i in idx]
+        new.measures_ = [self.measures_[i] for i in idx]
+        for k in ("m", "cov", "noise_var", "eps", "log_delta", "y_mean", "y_sd", "n_train"):
+            setattr(new, k + "_", np.array(getattr(self, k + "_")[ix]))
+        for k in ("site_prior", "adapted_offset", "adapted_offset_var", "adapted_log_scale",
+                  "adapted_log_scale_var"):
+            setattr(new, k + "_", np.array(getattr(self, k + "_")[:, ix]))
+        new.sites_ = list(self.sites_)
+        return new
+
+    @property
+    def adapted_sites_(self) -> list[str]:
+        """Sites added by :meth:`adapt` (after the training sites in ``sites_``)."""
+        self._check_fitted()
+        return list(self.sites_[self.n_reference_sites_:])
+
     # ------------------------------------------------------------- persistence
     def save(self, path):
         """Save to the folder ``path`` (JSON + npz, no pickle)."""

@@ -104,12 +104,14 @@ def plot_centiles(model, response: str, *, ages: Sequence[float] | None = None, 
 
     Parameters
     ----------
-    model : fitted :class:`normative.model.NormativeModel`.
+    model : fitted :class:`normative.model.NormativeModel`, or a
+        :class:`normative.braincharts.BrainchartsModel` (curves at an adapted site by
+        default, over the braincharts training age range).
     response : the region to draw (one of ``model.responses_``).
     ages : age grid (default: 100 points over the reference age range).
     sex, site, icv : the covariate values of the curves (default site: the first
-        reference site; default ICV: the reference mean, from ``controls`` when given,
-        else 1.45e6 mm3).
+        reference site, for braincharts the first adapted site; default ICV: the
+        reference mean, from ``controls`` when given, else 1.45e6 mm3).
     centiles : the centiles drawn (median solid, others dashed).
     patients, controls : optional DataFrames with ``age`` and ``response`` columns,
         overlaid as points (patients in red). Their other covariates differ from the
@@ -132,9 +134,15 @@ def plot_centiles(model, response: str, *, ages: Sequence[float] | None = None, 
     if response not in model.responses_:
         raise ValueError(f"plot_centiles: {response!r} is not a response of the model; "
                          f"choose one of {list(model.responses_)[:10]}.")
-    lo, hi = model.design_.age_range
+    design = getattr(model, "design_", None)
+    if design is not None:
+        (lo, hi), covs, site_col = design.age_range, list(design.covariates), model.site_col
+        first_site = model.sites_[0] if site_col is not None else None
+    else:       # BrainchartsModel: age, sex and site; default site the first adapted one
+        (lo, hi), covs, site_col = model.age_range_, ["age", "sex"], "site"
+        extra = model.sites_[model.n_reference_sites_:]
+        first_site = extra[0] if extra else model.sites_[0]
     grid = np.linspace(lo, hi, 100) if ages is None else np.asarray(ages, float)
-    covs = list(model.design_.covariates)
     row: dict = {}
     for c in covs:
         if c == "sex":
@@ -148,8 +156,8 @@ def plot_centiles(model, response: str, *, ages: Sequence[float] | None = None, 
             row[c] = float(controls[c].mean()) if controls is not None and c in controls else 0.0
     if icv is not None and "icv" in covs:
         row["icv"] = icv
-    if model.site_col is not None:
-        row[model.site_col] = site if site is not None else model.sites_[0]
+    if site_col is not None:
+        row[site_col] = site if site is not None else first_site
     df = pd.DataFrame({"age": grid, **{k: [v] * len(grid) for k, v in row.items()}})
     cen = model.centiles(df, q=centiles)[response]
     ax = _axes(ax)
@@ -173,7 +181,7 @@ def plot_centiles(model, response: str, *, ages: Sequence[float] | None = None, 
                         label=f"{label}: median, IQR per 5 y", zorder=3)
     ax.set_xlabel("Age (years)")
     ax.set_ylabel(f"{response} (mm³)")
-    where = f", site {row[model.site_col]}" if model.site_col is not None else ""
+    where = f", site {row[site_col]}" if site_col is not None else ""
     ax.set_title(f"{response}: sex {sex}{where}", fontsize=10)
     ax.legend(fontsize="x-small", frameon=False)
     return ax

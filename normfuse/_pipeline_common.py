@@ -73,3 +73,38 @@ def _progress(iterable, total: int, desc: str, quiet: bool):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=quiet, leave=False, unit="stage")
+
+
+#: Kinds of saved model that ``[reference] model`` and ``normfuse normative`` accept.
+REFERENCE_MODEL_KINDS = ("NormativeModel", "BrainchartsModel")
+
+
+def load_reference_model(path, what: str = "[reference] model"):
+    """Load a saved normative reference model of either kind, dispatching on its saved kind.
+
+    A ``NormativeModel`` (``normfuse normative fit``/``adapt``) or a ``BrainchartsModel``
+    (``import_braincharts(...).save(folder)``, adapted or not). Any other normfuse save
+    is refused with a message naming the folder, its kind and the kinds accepted; damaged
+    or foreign folders keep :func:`normfuse.persist.load_state`'s own message.
+    """
+    import json
+
+    import normative.braincharts  # noqa: F401  (registers the BrainchartsModel kind)
+    import normative.model  # noqa: F401  (registers the NormativeModel kind)
+    from normfuse.errors import SchemaError
+    from normfuse.persist import load
+
+    p = Path(path)
+    kind = None
+    try:
+        head = json.loads((p / "model.json").read_text())
+        kind = head.get("kind") if isinstance(head, dict) else None
+    except (OSError, ValueError):
+        pass                          # load_state names what is wrong with the folder
+    if kind is not None and kind not in REFERENCE_MODEL_KINDS:
+        raise SchemaError(
+            f"{what} {p} holds a saved {kind!r}, not a normative reference model. Accepted: "
+            f"{' or '.join(repr(k) for k in REFERENCE_MODEL_KINDS)} (a folder written by "
+            "`normfuse normative fit`/`adapt`, or by BrainchartsModel.save() after "
+            "normative.braincharts.import_braincharts).")
+    return load(p, kind=kind)

@@ -60,7 +60,8 @@ class PipelineResults:
         ``visits``, ``analysis_table`` (features); ``model_predictions``,
         ``model_metrics`` (models); ``cohort_summary``, ``matching_balance``,
         ``count_models``, ``mixed_model``, ``survival`` (analyses).
-    normative_model : the fitted (and adapted) :class:`normative.model.NormativeModel`.
+    normative_model : the fitted (and adapted) :class:`normative.model.NormativeModel`, or
+        the loaded (and adapted) :class:`normative.braincharts.BrainchartsModel`.
     results : name -> result object (frozen dataclasses with ``summary()``):
         ``matching`` (MatchResult), ``counts_theta_fixed`` / ``counts_theta_ml``
         (CountModelResult, negative binomial with theta fixed / ML), ``mixed``
@@ -287,9 +288,10 @@ def run_pipeline(config: Mapping, out: str | Path, *, force: bool = False,
         if stage not in rerun:
             ctx["tables"].update(_read_back(out, stage))
             if stage == "normative":
-                from normative.model import NormativeModel
+                from normfuse._pipeline_common import load_reference_model
 
-                ctx["normative_model"] = NormativeModel.load(out / "models" / "normative")
+                ctx["normative_model"] = load_reference_model(out / "models" / "normative",
+                                                              "saved normative model")
             skipped.append(stage)
             log.info("stage %s: finished in an earlier run, resumed", stage)
             continue

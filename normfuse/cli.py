@@ -137,13 +137,15 @@ def _about_tables(func, args):
 
 
 def _load_model(path):
-    from normative.model import NormativeModel
+    """A saved NormativeModel or BrainchartsModel, by the kind recorded in the folder."""
+    from normfuse._pipeline_common import load_reference_model
     from normfuse.errors import InputFormatError
 
     if not Path(path).is_dir():
         raise InputFormatError("normative model folder not found (pass the folder written by "
-                               "`normfuse normative fit`).", path=path)
-    return NormativeModel.load(path)
+                               "`normfuse normative fit`/`adapt`, or a saved braincharts "
+                               "model).", path=path)
+    return load_reference_model(path, "normative model folder")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -406,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("score", cmd_norm_score, "Z-scores and critical deviations"),
                                  ("evaluate", cmd_norm_evaluate, "EXPV/SMSE/MSLL/Rho per region")):
         sp = ns.add_parser(name, parents=[common], help=helptext)
-        sp.add_argument("model", help="model folder (from `normfuse normative fit`)")
+        sp.add_argument("model", help="model folder (from `normfuse normative fit`/`adapt`, "
+                        "or a braincharts model saved with BrainchartsModel.save)")
         vols(sp)
         sp.add_argument("--out", required=True,
                         help="model folder" if name == "adapt" else "table (.parquet/.csv/.tsv)")
