@@ -152,12 +152,14 @@ def fit_chunked(
     chunk_size : int, default 1000
         Responses per chunk. A chunk's fit needs about 0.45 KB per (row x response):
         with 5,000 controls, ``chunk_size=500`` adds about 1.1-1.4 GB to the data array
-        and 1000 about 2.2 GB (README, "Running at scale").
+        and 1000 about 2.2 GB (README, "Running at scale"), times the number of chunks
+        fitted at once (``n_jobs``).
     client : dask.distributed.Client, optional
         Fit the chunks on the cluster's workers. Results equal the local path exactly.
     **model_kwargs
         Passed to every chunk's ``NormativeModel`` (covariates, site_col, likelihood,
-        device, ...).
+        device, ...). On the CPU, ``n_jobs`` (default: all cores) chunks are fitted side
+        by side on threads, each single-threaded; the result equals ``n_jobs=1``.
 
     Returns
     -------
