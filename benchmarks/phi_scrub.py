@@ -17,7 +17,6 @@ import logging
 import re
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.notes import NoteEmbedder, scrub_phi  # noqa: E402
 from normfuse.synthetic import simulate_cohort  # noqa: E402
+from normfuse.synthetic.phi_audit import lost_words  # noqa: E402
+from normfuse.synthetic.phi_audit import survives as _survives  # noqa: E402
 
 log = logging.getLogger("benchmarks.phi_scrub")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
-
-
-def _survives(tok: str, text: str) -> bool:
-    return re.search(rf"(?<![\w]){re.escape(tok)}(?![\w])", text) is not None
 
 
 def measure(n_patients: int, seed: int) -> dict:
@@ -49,14 +46,10 @@ def measure(n_patients: int, seed: int) -> dict:
     recall = (1 - pd.Series(miss).groupby(kinds).mean()).to_dict()
     parts = [(r, p) for r, k, t in zip(rows, kinds, toks, strict=True) if k == "name" for p in t.split()]
     left = sum(_survives(p, out[r]) for r, p in parts)
+    lost, total = lost_words(texts, out, phi)
     masked = list(texts)
     for r, t in zip(rows, toks, strict=True):
-        masked[r] = masked[r].replace(t, " \x00 ")
-    lost, total = Counter(), 0
-    for raw, o in zip(masked, out, strict=True):
-        a = Counter(_WORD.findall(raw))
-        total += sum(a.values())
-        lost += a - Counter(_WORD.findall(re.sub(r"\[[A-Z]+\]", " ", o)))
+        masked[r] = masked[r].replace(t, " ")
     lower_clinical = {w for m in masked for w in _WORD.findall(m) if w.islower()}
     names = {p.lower() for _, p in parts} - lower_clinical
     vocab = set(NoteEmbedder("tfidf", n_components=16).fit(notes).vectorizer_.vocabulary_)

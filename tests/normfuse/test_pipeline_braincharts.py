@@ -24,23 +24,16 @@ _ZIP = "lifespan_57K_82sites.zip"
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, braincharts_dir):
+def study(tmp_path_factory, braincharts_dir, small_study):
     """A small simulated cohort, a saved 8-measure braincharts model and a run through the report."""
     from normative.braincharts import import_braincharts
-    from normfuse.pipeline import demo_config, run_pipeline
-    from normfuse.synthetic import simulate_cohort, write_cohort
+    from normfuse.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("braincharts")
-    c = simulate_cohort(n_patients=30, n_controls_reference=150, n_matched_controls=60, seed=3)
-    write_cohort(c, root / "data")
+    cfg = small_study(root, _REGIONS)
     bc = import_braincharts(braincharts_dir / _ZIP, measures=_REGIONS)
     bc.save(root / "bc")
-    cfg = demo_config(root / "data", seed=3, n_local=10)
     cfg["reference"].update(tables=[], demographics="", exclude_sites=[], model=str(root / "bc"))
-    cfg["models"]["enabled"] = False
-    cfg["features"]["notes"] = False
-    cfg["normative"]["regions"] = list(_REGIONS)
-    cfg["analyses"]["rule_regions"] = list(_REGIONS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = run_pipeline(cfg, root / "out", quiet=True)

@@ -15,19 +15,12 @@ _REGIONS = ["Left-Thalamus", "Right-Thalamus", "Left-Hippocampus", "Right-Hippoc
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, small_study):
     """A small simulated cohort written in the real formats, its demo config and a clean run."""
-    from normfuse.pipeline import demo_config, run_pipeline
-    from normfuse.synthetic import simulate_cohort, write_cohort
+    from normfuse.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("overlap")
-    c = simulate_cohort(n_patients=30, n_controls_reference=150, n_matched_controls=60, seed=3)
-    write_cohort(c, root / "data")
-    cfg = demo_config(root / "data", seed=3, n_local=10)
-    cfg["models"]["enabled"] = False
-    cfg["features"]["notes"] = False
-    cfg["normative"]["regions"] = list(_REGIONS)
-    cfg["analyses"]["rule_regions"] = list(_REGIONS)
+    cfg = small_study(root, _REGIONS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = run_pipeline(cfg, root / "clean", quiet=True, stages=["analyses"])
