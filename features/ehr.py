@@ -254,7 +254,7 @@ def _prepare_events(events, encounters, who, censored, level="warning"):
     # is not a number; only the last has examples (parse_values logs them)
     nan_rows = np.flatnonzero(~nokey & ~nat & np.isnan(value))
     raw = events["value"].iloc[nan_rows]
-    blank = raw.isna().to_numpy()
+    blank = raw.isna().to_numpy(dtype=bool, copy=True)     # writable on pandas 3 too
     if not blank.all() and not pd.api.types.is_numeric_dtype(raw.dtype):
         blank |= (raw.astype("string").str.strip() == "").fillna(True).to_numpy(dtype=bool)
     cens = ~blank & (flag[nan_rows] != 0)
