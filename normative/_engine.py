@@ -109,9 +109,11 @@ class _Problem:
                 tidx.append((xp.as_tensor(rows_i, device=A.device), xp.as_tensor(cols_j, device=A.device), A, B))
         self.chunks = []
         n = Y.shape[0]
-        # equal chunks of at most chunk_rows rows (5,000 rows: 2 x 2,500, not 4,096 + 904),
-        # so the threads sharing them get equal work; the split depends on n only
-        size = -(-n // max(1, -(-n // chunk_rows)))
+        # near-equal chunks of at most chunk_rows rows (5,000 rows: 2,560 + 2,440, not
+        # 4,096 + 904), so the threads sharing them get equal work; sizes are multiples of
+        # 512 rows, so large fits keep 4,096-row chunks; the split depends on n only
+        k = max(1, -(-n // chunk_rows))
+        size = min(chunk_rows, -(-(-(-n // k)) // 512) * 512)
         for s in range(0, n, size):
             sl = slice(s, min(s + size, n))
             Mc = M[sl]

@@ -311,10 +311,11 @@ def test_small_reference_set_stays_sane():
     assert 0.85 < z.std() < 1.2
 
 
-@pytest.mark.parametrize("n, sizes", [(5000, [2500, 2500]), (4096, [4096]), (4097, [2049, 2048]),
-                                      (9000, [3000, 3000, 3000]), (100, [100])])
+@pytest.mark.parametrize("n, sizes", [(5000, [2560, 2440]), (4096, [4096]), (4097, [2560, 1537]),
+                                      (9000, [3072, 3072, 2856]), (60000, [4096] * 14 + [2656]),
+                                      (100, [100])])
 def test_row_chunks_are_even(n, sizes):
-    """Rows are split into equal chunks of at most 4,096, so threads get equal work."""
+    """Rows are split into near-equal chunks (multiples of 512) of at most 4,096 rows."""
     from normative import _engine
 
     X = np.ones((n, 1))
