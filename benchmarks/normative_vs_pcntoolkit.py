@@ -335,7 +335,8 @@ def _write_section(md: str) -> None:
 
     path = ROOT / "benchmarks" / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pat = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
+    # up to the next section, or to the subsection benchmarks/normative_small_reference.py writes
+    pat = re.compile(re.escape(SECTION) + r".*?(?=\n## |\n### Reference sample size|\Z)", re.S)
     text = pat.sub(md.rstrip() + "\n", text) if pat.search(text) else text.rstrip() + "\n\n" + md
     atomic_write_text(path, text)
 
