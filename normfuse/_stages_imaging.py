@@ -145,8 +145,8 @@ def reference_fit_ids(fit_on: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({c: fit_on[c].astype("string").to_numpy() for c in cols})
 
 
-def refuse_reference_overlap(controls: pd.DataFrame, ref_ids: pd.DataFrame, stage: str) -> list:
-    """Raise when matching controls were in the normative reference fit; return their ids.
+def refuse_reference_overlap(controls: pd.DataFrame, ref_ids: pd.DataFrame, stage: str) -> None:
+    """Raise when matching controls were in the normative reference fit.
 
     Keyed on ``subject_id``: another session of a subject in the fit is not out-of-sample
     either. The message names the overlapping ids and the config keys to change.
@@ -157,7 +157,7 @@ def refuse_reference_overlap(controls: pd.DataFrame, ref_ids: pd.DataFrame, stag
     subj = controls["subject_id"].astype("string")
     hit = subj.isin(ref).to_numpy(dtype=bool)
     if not hit.any():
-        return []
+        return
     ids = sorted(subj[hit].unique().tolist())
     shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
     raise ColumnContractError(

@@ -23,21 +23,23 @@ def _err(capsys) -> str:
     return capsys.readouterr().err
 
 
-@pytest.fixture
-def fcon(controls_dir):
-    p = controls_dir / "fcon1000.csv"
+def _controls_file(controls_dir, name):
+    """A file of ../shared/data/controls, or skip naming it."""
+    p = controls_dir / name
     if not p.is_file():
         pytest.skip(f"{p} not found")
     return p
 
 
 @pytest.fixture
+def fcon(controls_dir):
+    return _controls_file(controls_dir, "fcon1000.csv")
+
+
+@pytest.fixture
 def cobre_parts(controls_dir, tmp_path):
     """COBRE split as a user would with awk: half the controls adapt, half are held out."""
-    p = controls_dir / "cobre.csv"
-    if not p.is_file():
-        pytest.skip(f"{p} not found")
-    d = pd.read_csv(p)
+    d = pd.read_csv(_controls_file(controls_dir, "cobre.csv"))
     ctrl = d.loc[d["group"] == "Control"]
     parts = {"adapt": ctrl.iloc[0::2], "held": ctrl.iloc[1::2],
              "sz": d.loc[d["group"] == "SZ"]}
@@ -376,10 +378,7 @@ def test_where_malformed_on_the_command_line_exits_2(tmp_path, capsys):
 
 @pytest.fixture
 def fcon_split(controls_dir):
-    p = controls_dir / "fcon1000_split_seed42.csv"
-    if not p.is_file():
-        pytest.skip(f"{p} not found")
-    return p
+    return _controls_file(controls_dir, "fcon1000_split_seed42.csv")
 
 
 def test_fcon1000_fit_on_train_evaluate_on_test(fcon, fcon_split, tmp_path):
