@@ -1,4 +1,4 @@
-"""Benchmark: PHI scrubbing of the simulator's own notes (recall, false positives, speed).
+"""Benchmark: PHI scrubbing (simulator notes and a hand-written name corpus: recall, false positives, speed).
 
 Usage::
 
@@ -8,11 +8,16 @@ Usage::
 Reports, against ``truth.phi`` of ``normfuse.synthetic.simulate_cohort``: recall per
 planted kind, surviving name parts (first name or surname alone), the false-positive
 rate (words outside any planted token that the scrubber removed), planted name parts in
-a fitted TF-IDF vocabulary, and notes scrubbed per second. Prints only.
+a fitted TF-IDF vocabulary, and notes scrubbed per second. Then, on the hand-written
+adversarial corpus ``tests/features/data/phi_names_adversarial.json`` (names without cues,
+with particles, in lower case or ALL CAPS; no-name snippets with eponyms, drugs, months,
+common words, places, headings): name-span recall, spans left as more than one
+placeholder, and false positives per kind of trap. Prints only.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -26,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.notes import NoteEmbedder, scrub_phi  # noqa: E402
 from normfuse.synthetic import simulate_cohort  # noqa: E402
-from normfuse.synthetic.phi_audit import lost_words  # noqa: E402
+from normfuse.synthetic.phi_audit import lost_words, score_name_spans  # noqa: E402
 from normfuse.synthetic.phi_audit import survives as _survives  # noqa: E402
 
 log = logging.getLogger("benchmarks.phi_scrub")
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "features" / "data" / "phi_names_adversarial.json"
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
 
@@ -62,6 +68,28 @@ def measure(n_patients: int, seed: int) -> dict:
             "notes_per_s": len(texts) / secs}
 
 
+def measure_adversarial(path: Path = CORPUS) -> dict:
+    """Score the scrubber on the hand-written corpus of name spans and no-name traps."""
+    corpus = json.loads(path.read_text(encoding="utf-8"))
+    pos, neg = corpus["positive"], pd.DataFrame(corpus["negative"])
+    texts = [e["text"] for e in pos]
+    out = scrub_phi(texts)
+    sc = score_name_spans(texts, [e["names"] for e in pos], out)
+    one = sc.loc[sc["removed"]].groupby("note_row").first()
+    nout = scrub_phi(neg["text"].tolist())
+    fp = pd.Series(["[NAME]" in o for o in nout], index=neg.index)
+    kept = pd.Series([all(k in o for k in ks) for ks, o in zip(neg["keep"], nout, strict=True)])
+    return {"snippets_with_names": len(pos), "name_spans": len(sc),
+            "span_recall": float(sc["removed"].mean()),
+            "spans_missed": sc.loc[~sc["removed"], "span"].tolist(),
+            "notes_not_one_tag_per_name": int((one["n_name_tags"] != one["n_spans"]).sum()),
+            "words_lost_beside_names": int(sum(len(x.split()) for x in sc.drop_duplicates("note_row")["lost"])),
+            "snippets_without_names": len(neg),
+            "false_positive_snippets_by_trap": fp.groupby(neg["trap"]).agg(["sum", "size"])
+            .apply(lambda r: f"{int(r['sum'])} of {int(r['size'])}", axis=1).to_dict(),
+            "trap_words_lost": int((~kept).sum())}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="60 patients instead of 200")
@@ -69,7 +97,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = measure(60 if args.quick else 200, args.seed)
+    log.info("== simulator notes (normfuse.synthetic, seed %d)", args.seed)
     for k, v in res.items():
+        log.info("%s: %s", k, v)
+    log.info("== hand-written adversarial name corpus (%s)", CORPUS.name)
+    for k, v in measure_adversarial().items():
         log.info("%s: %s", k, v)
     return 0
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-__all__ = ["survives", "lost_words"]
+__all__ = ["survives", "lost_words", "score_name_spans"]
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 _PLACEHOLDER = re.compile(r"\[[A-Z]+\]")
@@ -41,3 +41,29 @@ def lost_words(texts: Sequence[str], scrubbed: Sequence[str], phi: pd.DataFrame)
         total += sum(before.values())
         lost += before - Counter(_WORD.findall(_PLACEHOLDER.sub(" ", out)))
     return lost, total
+
+
+def score_name_spans(texts: Sequence[str], spans: Sequence[Sequence[str]],
+                     scrubbed: Sequence[str]) -> pd.DataFrame:
+    """Score name removal on notes whose exact name spans are known (one row per span).
+
+    A span counts as removed when none of its words (``"Jan van der Berg"``: all four)
+    survives in the scrubbed note more often than it occurs outside the spans in the
+    original note. Columns: ``note_row``, ``span``, ``removed`` (bool), ``n_name_tags``
+    (``[NAME]`` placeholders in the scrubbed note), ``n_spans`` (spans in the note) and
+    ``lost`` (words outside the spans that the scrubber removed, ``" "``-joined).
+    """
+    rows = []
+    for i, (text, names, out) in enumerate(zip(texts, spans, scrubbed, strict=True)):
+        masked = text
+        for n in sorted(names, key=len, reverse=True):  # with a possessive ("Anna's")
+            masked = re.sub(rf"{re.escape(n)}(?:['\u2019]s\b)?", " \x00 ", masked)
+        allowed = Counter(_WORD.findall(masked))
+        after = Counter(_WORD.findall(_PLACEHOLDER.sub(" ", out)))
+        lost = " ".join(sorted((allowed - after).elements()))
+        n_tags = out.count("[NAME]")
+        for n in names:
+            removed = all(after[w] <= allowed[w] for w in _WORD.findall(n))
+            rows.append({"note_row": i, "span": n, "removed": removed, "n_name_tags": n_tags,
+                         "n_spans": len(names), "lost": lost})
+    return pd.DataFrame(rows, columns=["note_row", "span", "removed", "n_name_tags", "n_spans", "lost"])
