@@ -68,6 +68,9 @@ def measure(n_patients: int, seed: int) -> dict:
             "notes_per_s": len(texts) / secs}
 
 
+HELDOUT = CORPUS.with_name("phi_names_heldout.json")
+
+
 def measure_adversarial(path: Path = CORPUS) -> dict:
     """Score the scrubber on the hand-written corpus of name spans and no-name traps."""
     corpus = json.loads(path.read_text(encoding="utf-8"))
@@ -100,9 +103,11 @@ def main(argv=None) -> int:
     log.info("== simulator notes (normfuse.synthetic, seed %d)", args.seed)
     for k, v in res.items():
         log.info("%s: %s", k, v)
-    log.info("== hand-written adversarial name corpus (%s)", CORPUS.name)
-    for k, v in measure_adversarial().items():
-        log.info("%s: %s", k, v)
+    for title, path in (("hand-written adversarial name corpus", CORPUS),
+                        ("held-out corpus, written after the rules were frozen", HELDOUT)):
+        log.info("== %s (%s)", title, path.name)
+        for k, v in measure_adversarial(path).items():
+            log.info("%s: %s", k, v)
     return 0
 
 

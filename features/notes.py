@@ -167,7 +167,11 @@ _NOT_NAMES = {"The", "He", "She", "They", "His", "Her", "Patient", "Pt", "MRI", 
               # degrees after a name, and headings after a label ("Patient Instructions")
               "NP", "RN", "PA", "PA-C", "PhD", "DNP", "APRN", "FNP", "MSN", "CNP", "DPT", "OTR",
               "Instructions", "Education", "Information", "Summary", "Portal", "Advocate",
-              "Support", "Safety", "Goals", "Preferences", "Questionnaire", "Satisfaction"}
+              "Support", "Safety", "Goals", "Preferences", "Questionnaire", "Satisfaction",
+              # relatives named before a name ("Son Kevin manages ...": only "Kevin" goes)
+              "Son", "Daughter", "Wife", "Husband", "Mother", "Father", "Sister", "Brother",
+              "Partner", "Spouse", "Guardian", "Caregiver", "Friend", "Aunt", "Uncle", "Niece",
+              "Nephew", "Grandson", "Granddaughter", "Mom", "Dad"}
 # clinical vocabulary, months and weekdays: never a name for the positional cues (a
 # cue such as "Mrs." still takes "Mrs. June Hill"; a clinical eponym such as
 # "McDonald" is only taken after such a cue)
@@ -293,7 +297,7 @@ def _gazetteer_runs(text: str, names: set[str]) -> None:
         while i < len(toks):
             t = toks[i]
             lo = t.lower()
-            if lo in PARTICLES:
+            if lo in PARTICLES or t in _NOT_NAMES:
                 i += 1
                 continue
             if not _is_first(t, first):
