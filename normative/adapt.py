@@ -146,8 +146,9 @@ def new_site_codes(local_controls, site_col: str, known_sites, *, min_controls: 
     if na.any():
         i = int(np.flatnonzero(na)[0])
         raise ColumnContractError(
-            f"{who}: column {site_col!r} is missing in {int(na.sum())} row(s) of local_controls "
-            f"(first: row {local_controls.index[i]!r}); every local control needs its site.")
+            f"{who}: column {site_col!r} is missing at row {local_controls.index[i]!r} "
+            f"({int(na.sum())} row(s) of local_controls without a site); every local control "
+            "needs its site.")
     values = sites.to_numpy(dtype=object)
     seen = sorted(set(values.tolist()) & set(known_sites))
     if seen:
