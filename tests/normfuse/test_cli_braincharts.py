@@ -9,6 +9,9 @@ tests/normative/test_braincharts.py).
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -228,3 +231,43 @@ def test_imported_folder_adapts_and_scores_an_fcon1000_site(zip_path, fcon, tmp_
     # 87 held-out Oulu controls x 7 regions: centred, spread about 1 (measured: mean -0.055, sd 1.063)
     zz = z[ASEG].to_numpy(float)
     assert abs(zz.mean()) < 0.3 and 0.75 < zz.std() < 1.25
+
+
+def _readme_block(name: str) -> str:
+    """The ```bash block under ``<!-- cli-test: NAME -->`` in README.md."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    m = re.search(rf"<!-- cli-test: {name} -->\n```bash\n(.*?)\n```", text, re.S)
+    assert m, f"README.md has no cli-test block {name!r}"
+    return m.group(1)
+
+
+def test_readme_braincharts_commands_run_as_written(zip_path, fcon, tmp_path, monkeypatch, capsys):
+    """The README's braincharts commands run as written (zip and CSV names pointed at real files)."""
+    monkeypatch.chdir(tmp_path)
+    oulu = fcon.loc[fcon["site"] == "Oulu"]
+    oulu.iloc[:20].to_csv("local_controls.csv", index=False)
+    oulu.iloc[20:].to_csv("patients.csv", index=False)       # stand-ins for the patients
+    block = _readme_block("braincharts")
+    assert block.count("lifespan_57K_82sites.zip") == 2
+    lines = block.replace("\\\n", " ").replace("lifespan_57K_82sites.zip", str(zip_path))
+    commands = [ln for ln in lines.splitlines() if ln.strip()]
+    assert len(commands) == 4
+    for cmd in commands:
+        words = shlex.split(cmd)
+        stdout_to = None
+        if ">" in words:
+            i = words.index(">")
+            words, stdout_to = words[:i], words[i + 1]
+        assert words[0] == "normfuse"
+        rc = main(words[1:])
+        out = capsys.readouterr()
+        assert rc == 0, (cmd, out.err)
+        if stdout_to:
+            Path(stdout_to).write_text(out.out)
+    assert len(Path("measures.txt").read_text().splitlines()) == 1 + 188
+    bc = BrainchartsModel.load("braincharts")
+    assert bc.responses_ == ["Left-Thalamus", "Right-Thalamus", "Left-Hippocampus",
+                             "Right-Hippocampus", "eTIV"]
+    assert BrainchartsModel.load("adapted").adapted_sites_ == ["Oulu"]
+    dev = pd.read_csv("deviations.csv")
+    assert len(dev) == len(oulu) - 20 and np.isfinite(dev[bc.responses_].to_numpy(float)).all()
