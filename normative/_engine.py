@@ -38,6 +38,7 @@ _SITE_TAU0 = (0.5, 0.2)     # initial prior sd of site offsets / site log-scales
 _EB_ROUNDS = 25             # most empirical-Bayes rounds (each response stops once settled)
 _TAU_FLOOR = 1e-3
 _CHUNK_ROWS = 4096
+_RIDGE = 1e-8               # added to every coefficient's prior precision (numerical guard)
 # weakly-informative priors on the SHASH shape: eps ~ N(0, 0.5^2), log delta ~ N(0, 0.5^2).
 # Negligible with hundreds of controls; at small n they stop the (mu, sigma, eps) ridge
 # of the SHASH likelihood from drifting to degenerate skew.
@@ -113,7 +114,8 @@ class _Problem:
         # 4,096 + 904), so the threads sharing them get equal work; sizes are multiples of
         # 512 rows, so large fits keep 4,096-row chunks; the split depends on n only
         k = max(1, -(-n // chunk_rows))
-        size = min(chunk_rows, -(-(-(-n // k)) // 512) * 512)
+        per_chunk = -(-n // k)                               # ceil(n / k)
+        size = min(chunk_rows, -(-per_chunk // 512) * 512)
         for s in range(0, n, size):
             sl = slice(s, min(s + size, n))
             Mc = M[sl]
@@ -236,7 +238,7 @@ def _prior_sd_update(xp, coef, var, cols, m, sd):
 def fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, *, shape=True, max_iter=100,
         tol=1e-8, eb_rounds=_EB_ROUNDS, init=None, fixed_tau=None, offset_mu=None,
         offset_ls=None, chunk_rows=_CHUNK_ROWS, n_jobs=None, init_prior_sd=None,
-        scale_prior_cols=None):
+        scale_prior_cols=None, ridge=_RIDGE):
     """Fit all responses. ``M`` is the (n, R) 0/1 mask of observed responses.
 
     ``site_cols_*`` are boolean masks over the columns of ``X``/``Zs`` marking the
@@ -248,6 +250,8 @@ def fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, *, shape=True, max_iter
     Each response stops its empirical-Bayes rounds once its prior sds move by less than
     0.1 % (at most ``eb_rounds`` rounds).
     ``offset_mu``/``offset_ls`` (n, R) are added to the location / log-scale.
+    ``ridge`` is added to the prior precision of every coefficient (a numerical guard for
+    the unpenalised ones); 0 when every coefficient has a proper prior (site adaptation).
     ``n_jobs`` threads share the row chunks on the CPU (default: all cores); BLAS is
     held to one thread meanwhile so the two kinds of parallelism do not fight.
     """
@@ -260,7 +264,7 @@ def fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, *, shape=True, max_iter
                     max_iter=max_iter, tol=tol, eb_rounds=eb_rounds, init=init,
                     fixed_tau=fixed_tau, offset_mu=offset_mu, offset_ls=offset_ls,
                     chunk_rows=chunk_rows, init_prior_sd=init_prior_sd,
-                    scale_prior_cols=scale_prior_cols)
+                    scale_prior_cols=scale_prior_cols, ridge=ridge)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n_jobs) as pool:
@@ -268,12 +272,12 @@ def fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, *, shape=True, max_iter
                     max_iter=max_iter, tol=tol, eb_rounds=eb_rounds, init=init,
                     fixed_tau=fixed_tau, offset_mu=offset_mu, offset_ls=offset_ls,
                     chunk_rows=chunk_rows, init_prior_sd=init_prior_sd,
-                    scale_prior_cols=scale_prior_cols)
+                    scale_prior_cols=scale_prior_cols, ridge=ridge)
 
 
 def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_iter, tol,
          eb_rounds, init, fixed_tau, offset_mu, offset_ls, chunk_rows, init_prior_sd=None,
-         scale_prior_cols=None):
+         scale_prior_cols=None, ridge=_RIDGE):
     p, q, R = X.shape[1], Zs.shape[1], Y.shape[1]
     P = p + q + (2 if shape else 0)
     f64 = Y.dtype
@@ -320,8 +324,8 @@ def _fit(xp, X, Zs, Y, M, site_cols_loc, site_cols_scale, pool, *, shape, max_it
     negH = None
     cur = None
     for rnd in range(eb_rounds):
-        pen_b = slx[:, None] / (tl[None, :] ** 2) + 1e-8       # (p, R); tiny ridge elsewhere
-        pen_g = ssx[:, None] / (ts[None, :] ** 2) + spx[:, None] / SCALE_PRIOR_SD ** 2 + 1e-8
+        pen_b = slx[:, None] / (tl[None, :] ** 2) + ridge      # (p, R); tiny ridge elsewhere
+        pen_g = ssx[:, None] / (ts[None, :] ** 2) + spx[:, None] / SCALE_PRIOR_SD ** 2 + ridge
 
         def objective(b, g, e, t, pen_b=pen_b, pen_g=pen_g):
             out = (prob.loglik(b, g, e, t) - 0.5 * (pen_b * b * b).sum(0)

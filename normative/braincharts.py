@@ -27,7 +27,8 @@ controls: :meth:`BrainchartsModel.adapt` estimates for each new site a location
 offset and a log-scale in the warped space, shrunk toward the average of the 82
 training sites with a prior whose spread is the between-site spread of the 82
 site coefficients of each measure (empirical Bayes), and widens predictions by the
-remaining uncertainty (Laplace), exactly as :meth:`NormativeModel.adapt` does.
+remaining uncertainty (Laplace), with the code :meth:`NormativeModel.adapt` uses
+(:func:`normative.adapt.fit_site_effects`).
 
 References
 ----------
@@ -54,11 +55,11 @@ from normfuse.errors import (
     InputFormatError,
     OutOfRangeWarning,
     SchemaError,
-    SmallReferenceGroupWarning,
     UnknownSiteError,
 )
 
-__all__ = ["import_braincharts", "BrainchartsModel", "BRAINCHARTS_82_SITES",
+__all__ = ["import_braincharts", "braincharts_measures", "close_measure_names",
+           "BrainchartsModel", "BRAINCHARTS_82_SITES",
            "braincharts_design", "sinh_arcsinh_warp", "sinh_arcsinh_unwarp"]
 
 log = logging.getLogger("normfuse.normative")
@@ -193,6 +194,114 @@ def _read_measure(zf, folder, measure, n_sites, zip_path):
                 y_sd=float(std_resp[0]) if std_resp.size else np.nan, n_train=int(blr.get("N", 0)))
 
 
+def _open_zip(zip_path, who):
+    """The zip opened for reading, and ``{measure: folder}`` of its models; errors name it."""
+    zip_path = Path(zip_path)
+    if not zip_path.is_file():
+        raise FileNotFoundError(f"{who}: no such file: {zip_path}")
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile:
+        raise InputFormatError(
+            "not a zip archive. Pass the braincharts model zip as downloaded (e.g. "
+            "lifespan_57K_82sites.zip), not an extracted file.", path=zip_path) from None
+    entries = _measure_entries(zf)
+    if not entries:
+        zf.close()
+        raise SchemaError(f"{zip_path}: no '<measure>/Models/{_MODEL_FILE}' entries; "
+                          "not a braincharts model zip.")
+    return zf, entries
+
+
+def _fs7_names(available):
+    from normative.freesurfer import harmonise_region_names
+
+    return dict(zip(available, harmonise_region_names(list(available)), strict=True))
+
+
+def close_measure_names(name: str, measures, n: int = 3) -> list[str]:
+    """Up to ``n`` measures whose braincharts or FreeSurfer 7 name resembles ``name``.
+
+    ``measures`` is a table from :func:`braincharts_measures`. The comparison ignores
+    case; each measure is named once, by the spelling that matched (FS7 name first).
+    """
+    import difflib
+
+    cands: dict[str, str] = {}
+    for bc_name, fs7 in zip(measures["measure"], measures["freesurfer7"], strict=True):
+        cands.setdefault(str(fs7).lower(), str(fs7))
+        cands.setdefault(str(bc_name).lower(), str(bc_name))
+    same = {str(f): str(b) for b, f in zip(measures["measure"], measures["freesurfer7"], strict=True)}
+    out, seen = [], set()
+    for low in difflib.get_close_matches(str(name).lower(), list(cands), n=3 * n, cutoff=0.6):
+        shown = cands[low]
+        model = same.get(shown, shown)
+        if model not in seen:
+            seen.add(model)
+            out.append(shown)
+    return out[:n]
+
+
+def braincharts_measures(zip_path):
+    """The measures of a braincharts model zip, without reading the models.
+
+    Parameters
+    ----------
+    zip_path : path to the braincharts zip (read in place).
+
+    Returns
+    -------
+    DataFrame
+        One row per measure, sorted: ``measure`` (braincharts' name, e.g.
+        ``Left-Thalamus-Proper``) and ``freesurfer7`` (the name normfuse uses, e.g.
+        ``Left-Thalamus``; equal to ``measure`` where nothing changes).
+
+    Raises
+    ------
+    FileNotFoundError, InputFormatError, normfuse.errors.SchemaError
+        When the file is missing, not a zip, or holds no braincharts models.
+
+    Examples
+    --------
+    >>> t = braincharts_measures("../shared/data/braincharts/lifespan_57K_82sites.zip")  # doctest: +SKIP
+    >>> len(t), t.loc[t.measure == "Left-Thalamus-Proper", "freesurfer7"].item()  # doctest: +SKIP
+    (188, 'Left-Thalamus')
+    """
+    import pandas as pd
+
+    zf, entries = _open_zip(zip_path, "braincharts_measures")
+    zf.close()
+    available = sorted(entries)
+    fs7 = _fs7_names(available)
+    return pd.DataFrame({"measure": available, "freesurfer7": [fs7[m] for m in available]})
+
+
+def _resolve_measures(measures, available, fs7, zip_name):
+    """Zip names of the requested measures (braincharts or FS7 names), in request order."""
+    import pandas as pd
+
+    from normative.freesurfer import harmonise_region_names
+
+    by_fs7 = {v: k for k, v in fs7.items()}
+    chosen, missing = [], []
+    for mname in measures:
+        key = mname if mname in fs7 else by_fs7.get(harmonise_region_names(str(mname)))
+        (chosen if key is not None else missing).append(key if key is not None else mname)
+    if missing:
+        table = pd.DataFrame({"measure": available, "freesurfer7": [fs7[m] for m in available]})
+        hints = "; ".join(f"{mm!r}: {close_measure_names(mm, table) or 'none'}" for mm in missing)
+        raise ColumnContractError(
+            f"import_braincharts: {len(missing)} measure(s) not in {zip_name}: {missing}.\n"
+            f"Close names: {hints}.\nThe zip holds {len(available)} measures (list them with "
+            "braincharts_measures(zip_path)); pass measures=None to import them all.",
+            missing=missing, present=available)
+    if len(set(chosen)) != len(chosen):
+        dup = sorted({c for c in chosen if chosen.count(c) > 1})
+        raise ValueError(f"import_braincharts: measures name the same model twice: {dup} "
+                         f"(from {list(measures)}); list each once.")
+    return chosen
+
+
 def import_braincharts(zip_path, measures: Sequence[str] | None = None, *,
                        site_ids: Sequence[str] | str | Path | None = None,
                        verbose: int = 0) -> BrainchartsModel:
@@ -204,7 +313,8 @@ def import_braincharts(zip_path, measures: Sequence[str] | None = None, *,
         place with :mod:`zipfile`, nothing is extracted.
     measures : measures to import, in braincharts names (``Left-Thalamus-Proper``,
         ``lh_G&S_frontomargin_thickness``) or FreeSurfer 7 names (``Left-Thalamus``,
-        ``eTIV``). ``None`` imports every measure in the zip.
+        ``eTIV``). ``None`` imports every measure in the zip
+        (:func:`braincharts_measures` lists them).
     site_ids : the training site list in design order (a sequence, or a path to a
         text file with one site per line). ``None`` uses :data:`BRAINCHARTS_82_SITES`,
         the sites of ``lifespan_57K_82sites``.
@@ -220,10 +330,16 @@ def import_braincharts(zip_path, measures: Sequence[str] | None = None, *,
     FileNotFoundError
         When the zip does not exist.
     ColumnContractError
-        When a requested measure is not in the zip (the message lists close names).
+        When a requested measure is not in the zip (the message lists close names;
+        ``missing`` holds the unknown names).
     normfuse.errors.SchemaError
         When a file is not a supported braincharts BLR model or names a class outside the
         restricted unpickler's allow-list (its code is never run).
+
+    See Also
+    --------
+    braincharts_measures : the measures of a zip.
+    normfuse.cli : ``normfuse normative import-braincharts ZIP -o MODEL`` does this and saves.
 
     Examples
     --------
@@ -232,48 +348,19 @@ def import_braincharts(zip_path, measures: Sequence[str] | None = None, *,
     >>> bc.responses_  # doctest: +SKIP
     ['Left-Thalamus', 'Right-Thalamus']
     """
-    from normative.freesurfer import harmonise_region_names
-
     zip_path = Path(zip_path)
-    if not zip_path.is_file():
-        raise FileNotFoundError(f"import_braincharts: no such file: {zip_path}")
     if site_ids is None:
         sites = list(BRAINCHARTS_82_SITES)
     elif isinstance(site_ids, (str, Path)):
         sites = [s.strip() for s in Path(site_ids).read_text().splitlines() if s.strip()]
     else:
         sites = [str(s) for s in site_ids]
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise InputFormatError(
-            "not a zip archive. Pass the braincharts model zip as downloaded (e.g. "
-            "lifespan_57K_82sites.zip), not an extracted file.", path=zip_path) from None
+    zf, entries = _open_zip(zip_path, "import_braincharts")
     with zf:
-        entries = _measure_entries(zf)
-        if not entries:
-            raise SchemaError(f"{zip_path}: no '<measure>/Models/{_MODEL_FILE}' entries; "
-                              "not a braincharts model zip.")
         available = sorted(entries)
-        fs7 = dict(zip(available, harmonise_region_names(available), strict=True))
-        if measures is None:
-            chosen = available
-        else:
-            by_fs7 = {v: k for k, v in fs7.items()}
-            chosen, missing = [], []
-            for mname in measures:
-                key = mname if mname in entries else by_fs7.get(harmonise_region_names(str(mname)))
-                (chosen if key is not None else missing).append(key if key is not None else mname)
-            if missing:
-                import difflib
-
-                hints = {mm: difflib.get_close_matches(str(mm), available, n=3) for mm in missing}
-                raise ColumnContractError(
-                    f"import_braincharts: measures not in {zip_path.name}: {missing}.\n"
-                    f"Close names: {hints}\nThe zip holds {len(available)} measures; "
-                    "pass measures=None to import them all.")
-            if len(set(chosen)) != len(chosen):
-                raise ValueError(f"import_braincharts: measures name the same model twice: {list(measures)}")
+        fs7 = _fs7_names(available)
+        chosen = available if measures is None else _resolve_measures(
+            [str(m) for m in measures], available, fs7, zip_path.name)
         parts = []
         for i, mname in enumerate(chosen):
             parts.append(_read_measure(zf, entries[mname], mname, len(sites), zip_path))
@@ -586,43 +673,56 @@ class BrainchartsModel:
         scale_prior_sd^2)``; the MAP estimates are used and their Laplace variances widen
         the predictive distribution, so Z stay calibrated with few controls.
 
+        This is the estimator of :meth:`NormativeModel.adapt
+        <normative.model.NormativeModel.adapt>`, and the same code
+        (:func:`normative.adapt.fit_site_effects`, :func:`normative.adapt.new_site_codes`):
+        braincharts' likelihood is Gaussian after the SinhArcsinh warp, the SHASH engine's
+        special case ``eps = 0, delta = 1`` applied to warped volumes. The inputs differ:
+        the offset prior is centred on the mean of the 82 site coefficients (``x0`` has no
+        site dummy, so the average site lies there, not at 0), and the log-scale prior sd
+        is set, not learned (braincharts has no site scale terms). The optimum is found to machine
+        precision (tolerance 1e-16, no ridge).
+
         Parameters
         ----------
         local_controls : DataFrame of healthy controls from the new sites (age, sex, site,
-            measures). Sites the model already knows are refused.
+            measures). Sites the model already knows (training or adapted) are refused.
         min_controls : warn (``SmallReferenceGroupWarning``) when a new site has fewer.
         scale_prior_sd : prior sd of a new site's log-scale. braincharts has no site
             scale terms, so this prior is not learned from the 82 sites; 0.4 was chosen on
             fcon1000 and COBRE controls (benchmarks/RESULTS.md, "braincharts import"),
             where within-site spread is 10-30 % below braincharts' pooled noise.
-        max_iter : alternating Newton iterations.
+        max_iter : Newton iterations (about 10 are needed).
 
         Returns
         -------
         BrainchartsModel
-            A new model; the input model is unchanged.
+            A new model; the input model is unchanged. The new sites are appended to
+            ``sites_`` (and listed by ``adapted_sites_``), their effects (warped units) to
+            ``adapted_offset_``, ``adapted_log_scale_`` and their variances.
+
+        Raises
+        ------
+        ColumnContractError
+            When local_controls is empty, lacks a column, has a row without a site, or
+            includes a site the model already knows.
+        ValueError
+            When ``min_controls`` is not a positive integer or ``scale_prior_sd`` not a
+            positive number.
         """
+        from normative.adapt import fit_site_effects, new_site_codes
+
         who = self._who("adapt")
         self._check_fitted()
         checks.require_dataframe(local_controls, who, "local_controls")
+        sps = float(scale_prior_sd) if isinstance(scale_prior_sd, (int, float, np.number)) else np.nan
+        if not (np.isfinite(sps) and sps > 0):
+            raise ValueError(f"{who}: scale_prior_sd must be a positive number; got {scale_prior_sd!r}.")
         age, male, _ = self._covariates(local_controls, who)
-        codes = self._site_codes(local_controls, who, new_ok=True)
-        known = codes >= 0
-        if known.any():
-            seen = sorted(set(local_controls["site"].astype("string")[known].tolist()))
-            raise ColumnContractError(
-                f"{who}: local_controls include sites the model already knows: {seen[:10]}. "
-                "adapt() adds new sites only; drop those rows.")
         Y = self._responses_matrix(local_controls, who)
-        sites = local_controls["site"].astype("string").to_numpy(dtype=object)
-        new_sites = sorted(set(sites.tolist()))
-        counts = {s: int((sites == s).sum()) for s in new_sites}
-        small = {s: c for s, c in counts.items() if c < min_controls}
-        if small:
-            warnings.warn(
-                f"{who}: new sites with fewer than {min_controls} local controls: {small}; their "
-                "offsets stay close to the average training site.", SmallReferenceGroupWarning,
-                stacklevel=2)
+        new_sites, code = new_site_codes(local_controls, "site", self.sites_,
+                                         min_controls=min_controls, who=who,
+                                         prior_name="the average training site")
         X0 = braincharts_design(age, male, np.full(len(age), -1), self.n_reference_sites_,
                                 **{k: self.basis_[k] for k in ("xmin", "xmax", "nknots", "degree")})
         v = self.noise_var_[None, :] + self._quad(X0, np.full(len(age), -1))                      # (n, R)
@@ -631,44 +731,23 @@ class BrainchartsModel:
         n_missing = int((~M).sum())
         if n_missing:
             log.info("adapt: %d missing measure values ignored", n_missing)
-        r = np.where(M, r, 0.0)
-        lookup = {s: i for i, s in enumerate(new_sites)}
-        code = np.fromiter((lookup[s] for s in sites.tolist()), dtype=np.int64, count=len(sites))
-        S, R = len(new_sites), len(self.responses_)
-        G = np.zeros((S, len(code)))
-        G[code, np.arange(len(code))] = 1.0
-        W = np.where(M, 1.0 / v, 0.0)
-        n_s = G @ M.astype(float)                 # (S, R) observed controls
-        sw = G @ W                                # sum 1/v
-        swr = G @ (W * r)                         # sum r/v
+        # in units of each measure's warped noise sd, so the Newton steps are well scaled
+        u = np.sqrt(self.noise_var_)
         b_mean, b_sd = self.site_prior_
-        tb, tc = 1.0 / b_sd ** 2, 1.0 / float(scale_prior_sd) ** 2
-        b = np.broadcast_to(b_mean, (S, R)).copy()
-        c = np.zeros((S, R))
-        for _ in range(int(max_iter)):            # alternating exact / Newton updates, (S, R) at once
-            e = np.exp(-2.0 * c)
-            b = (tb * b_mean + e * swr) / (tb + e * sw)
-            q = G @ (W * (r - b[code]) ** 2)      # sum (r - b)^2 / v
-            g = n_s - np.exp(-2.0 * c) * q + tc * c
-            h = 2.0 * np.exp(-2.0 * c) * q + tc
-            step = g / h
-            c = c - step
-            if np.max(np.abs(step)) < 1e-10:
-                break
-        e = np.exp(-2.0 * c)
-        q = G @ (W * (r - b[code]) ** 2)
-        d1 = G @ (W * (r - b[code]))
-        hbb = tb + e * sw
-        hcc = 2.0 * e * q + tc
-        hbc = 2.0 * e * d1
-        det = hbb * hcc - hbc ** 2
+        eff = fit_site_effects(np.where(M, r, 0.0) / u, M.astype(float), code, len(new_sites),
+                               loc=np.zeros_like(r), log_scale=0.5 * np.log(v / u ** 2),
+                               loc_prior_mean=b_mean / u, loc_prior_sd=b_sd / u,
+                               scale_prior_sd=np.full(len(u), sps), max_iter=max_iter,
+                               tol=1e-16, ridge=0.0)
+        if not bool(np.all(eff.converged)):
+            log.warning("adapt: optimisation did not fully converge for some measures")
         new = copy.deepcopy(self)
         new.sites_ = list(self.sites_) + new_sites
-        new.adapted_offset_ = np.vstack([self.adapted_offset_, b])
-        new.adapted_log_scale_ = np.vstack([self.adapted_log_scale_, c])
-        new.adapted_offset_var_ = np.vstack([self.adapted_offset_var_, hcc / det])
-        new.adapted_log_scale_var_ = np.vstack([self.adapted_log_scale_var_, hbb / det])
-        log.info("adapted %d new site(s) from %d local controls", S, len(local_controls))
+        new.adapted_offset_ = np.vstack([self.adapted_offset_, eff.offset * u])
+        new.adapted_log_scale_ = np.vstack([self.adapted_log_scale_, eff.log_scale])
+        new.adapted_offset_var_ = np.vstack([self.adapted_offset_var_, eff.offset_var * u ** 2])
+        new.adapted_log_scale_var_ = np.vstack([self.adapted_log_scale_var_, eff.log_scale_var])
+        log.info("adapted %d new site(s) from %d local controls", len(new_sites), len(local_controls))
         return new
 
     # ------------------------------------------------------------- subset

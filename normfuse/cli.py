@@ -10,6 +10,7 @@
     normfuse normative adapt MODEL TABLE... --out MODEL2 [--demographics F]
     normfuse normative score MODEL TABLE... --out deviations.parquet [--tail lower]
     normfuse normative evaluate MODEL TABLE... --out metrics.csv
+    normfuse normative import-braincharts ZIP -o MODEL [--measures A,B|--measures-file F] [--list]
     normfuse features build study.toml --out DIR      (and models compare / analyses run / report)
 
 Global options: ``--quiet`` (errors only, no progress bars), ``--verbose`` (``-v`` info,
@@ -143,8 +144,8 @@ def _load_model(path):
 
     if not Path(path).is_dir():
         raise InputFormatError("normative model folder not found (pass the folder written by "
-                               "`normfuse normative fit`/`adapt`, or a saved braincharts "
-                               "model).", path=path)
+                               "`normfuse normative fit`/`adapt`, or by `normfuse normative "
+                               "import-braincharts`).", path=path)
     return load_reference_model(path, "normative model folder")
 
 
@@ -285,6 +286,94 @@ def cmd_norm_adapt(args) -> int:
     return EXIT_OK
 
 
+def _measures_file(path) -> list[str]:
+    """Measure names from a text file: one per line; ``#`` starts a comment."""
+    from normfuse.errors import InputFormatError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputFormatError("--measures-file not found.", path=p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputFormatError("--measures-file is not UTF-8 text; write one measure name per "
+                               "line.", path=p) from None
+    names = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise InputFormatError("--measures-file names no measure (one name per line; '#' "
+                               "starts a comment).", path=p)
+    return names
+
+
+def _capped(names, limit=8) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def cmd_norm_import_braincharts(args) -> int:
+    from normative.braincharts import braincharts_measures, close_measure_names, import_braincharts
+    from normfuse.errors import ColumnContractError, InputFormatError
+
+    zip_path = Path(args.zip)
+    if not zip_path.is_file():
+        raise InputFormatError("braincharts zip not found (lifespan_57K_82sites.zip is in the "
+                               "models/ folder of github.com/predictive-clinical-neuroscience/"
+                               "braincharts).", path=zip_path)
+    if args.list:
+        if args.out or args.measures or args.measures_file:
+            raise ValueError("--list prints the measures of the zip and writes nothing; leave "
+                             "out -o/--out, --measures and --measures-file.")
+        table = braincharts_measures(zip_path)
+        lines = [f"# {len(table)} measures in {zip_path.name} (braincharts names; the "
+                 "FreeSurfer 7 name after '#' where it differs; either spelling works in "
+                 "--measures/--measures-file)"]
+        for m, f in zip(table["measure"], table["freesurfer7"], strict=True):
+            lines.append(m if m == f else f"{m}  # {f}")
+        sys.stdout.write("\n".join(lines) + "\n")
+        return EXIT_OK
+    if not args.out:
+        raise ValueError(f"{zip_path}: say where to save the model: -o/--out FOLDER (or --list "
+                         "to see the measures).")
+    out = Path(args.out)
+    if out.exists() and not (out.is_dir() and (out / "model.json").is_file()):
+        raise InputFormatError("exists and is not a saved normfuse model folder; choose another "
+                               "-o/--out (an earlier model folder is replaced).", path=out)
+    if args.measures_file:
+        measures = _measures_file(args.measures_file)
+    elif args.measures:
+        measures = [m.strip() for m in args.measures.split(",") if m.strip()]
+        if not measures:
+            raise ValueError(f"--measures {args.measures!r} names no measure; give names "
+                             "separated by commas, e.g. --measures Left-Thalamus,Right-Thalamus.")
+    else:
+        measures = None
+    try:
+        model = import_braincharts(zip_path, measures, site_ids=args.site_ids,
+                                   verbose=args.verbose)
+    except ColumnContractError as exc:
+        if not exc.missing:
+            raise
+        table = braincharts_measures(zip_path)
+        hints = "; ".join(f"{m!r} (close: {', '.join(close_measure_names(m, table)) or 'none'})"
+                          for m in exc.missing[:10])
+        given = f"--measures-file {args.measures_file}" if args.measures_file else "--measures"
+        raise ColumnContractError(
+            f"{zip_path}: {len(exc.missing)} measure(s) of {given} not in the zip: {hints}. "
+            f"List its {len(table)} measures with `normfuse normative import-braincharts "
+            f"{zip_path} --list`.", missing=exc.missing, present=exc.present) from exc
+    model.save(out)
+    if not args.quiet:
+        lo, hi = model.age_range_
+        sys.stdout.write(
+            f"imported {len(model.responses_)} braincharts measure(s) from {zip_path.name}: "
+            f"{_capped(model.responses_)}\n"
+            f"training sites: {model.n_reference_sites_}; training ages {lo:g}-{hi:g} years\n"
+            f"saved to {out}; adapt it to your scanners with `normfuse normative adapt {out} "
+            "LOCAL_CONTROLS.csv --out ADAPTED/`\n")
+    return EXIT_OK
+
+
 def _new_sites_hint(func, args):
     """Run ``func``; an unknown site gets the command that adapts the model to it."""
     from normfuse.errors import UnknownSiteError
@@ -409,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("evaluate", cmd_norm_evaluate, "EXPV/SMSE/MSLL/Rho per region")):
         sp = ns.add_parser(name, parents=[common], help=helptext)
         sp.add_argument("model", help="model folder (from `normfuse normative fit`/`adapt`, "
-                        "or a braincharts model saved with BrainchartsModel.save)")
+                        "or `normfuse normative import-braincharts`)")
         vols(sp)
         sp.add_argument("--out", required=True,
                         help="model folder" if name == "adapt" else "table (.parquet/.csv/.tsv)")
@@ -420,6 +509,36 @@ def build_parser() -> argparse.ArgumentParser:
                             help="deviations counted in n_crit (default both; `normfuse run` "
                             "uses [normative] tail, default lower)")
         sp.set_defaults(func=func)
+
+    ib = ns.add_parser(
+        "import-braincharts", parents=[common],
+        help="published braincharts lifespan models (zip) -> model folder",
+        description="Read the published braincharts lifespan models (pcntoolkit 0.x pickles,\n"
+        "e.g. lifespan_57K_82sites.zip) in place, with a restricted unpickler that never runs\n"
+        "code from the file, and save them as a normfuse model folder (JSON + npz) for\n"
+        "`normfuse normative adapt/score/evaluate` and `[reference] model` in study.toml.\n"
+        "Measures may be named as FreeSurfer 7 writes them (Left-Thalamus, eTIV) or as\n"
+        "braincharts does (Left-Thalamus-Proper, EstimatedTotalIntraCranialVol).",
+        epilog="examples:\n  normfuse normative import-braincharts lifespan_57K_82sites.zip --list\n"
+        "  normfuse normative import-braincharts lifespan_57K_82sites.zip -o bc/ "
+        "--measures Left-Thalamus,Right-Thalamus,eTIV",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ib.add_argument("zip", metavar="ZIP", help="braincharts model zip, as downloaded")
+    ib.add_argument("-o", "--out", metavar="MODEL", help="model folder to write (replaced "
+                    "if it holds an earlier model)")
+    which = ib.add_mutually_exclusive_group()
+    which.add_argument("--measures", metavar="A,B,...", help="measures to import, separated by "
+                       "commas, in FreeSurfer 7 names (Left-Thalamus, eTIV) or braincharts "
+                       "names (Left-Thalamus-Proper); default: all")
+    which.add_argument("--measures-file", metavar="FILE", help="measures to import, one per "
+                       "line ('#' starts a comment; the --list output works as is)")
+    ib.add_argument("--site-ids", metavar="FILE", default=None,
+                    help="training sites in design order, one per line, for zips other than "
+                    "lifespan_57K_82sites (e.g. site_ids_ct_82sites.txt); default: its 82 sites")
+    ib.add_argument("--list", action="store_true",
+                    help="print the measures in the zip (one per line, with the count) and "
+                    "write nothing")
+    ib.set_defaults(func=cmd_norm_import_braincharts)
 
     for group, action, stage, helptext in (
             ("features", "build", "features", "build the analysis table"),
