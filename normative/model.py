@@ -411,6 +411,12 @@ class NormativeModel:
         checks.check_is_fitted(self, ["responses_"])
         return [r for r, m in zip(self.responses_, self.log_mask_, strict=True) if m]
 
+    @property
+    def adapted_sites_(self) -> list[str]:
+        """Sites added by :meth:`adapt` (after the reference sites in ``sites_``)."""
+        checks.check_is_fitted(self, ["responses_"])
+        return list(self.sites_[self.n_reference_sites_:])
+
     # ------------------------------------------------------------------- fit
     def fit(self, controls, y=None) -> NormativeModel:
         """Fit on a ``volumes``-like DataFrame of healthy controls (one row per scan).

@@ -105,6 +105,6 @@ def load_reference_model(path, what: str = "[reference] model"):
         raise SchemaError(
             f"{what} {p} holds a saved {kind!r}, not a normative reference model. Accepted: "
             f"{' or '.join(repr(k) for k in REFERENCE_MODEL_KINDS)} (a folder written by "
-            "`normfuse normative fit`/`adapt`, or by BrainchartsModel.save() after "
-            "normative.braincharts.import_braincharts).")
+            "`normfuse normative fit`/`adapt`, or by `normfuse normative import-braincharts` "
+            "(in Python: normative.braincharts.import_braincharts(zip).save(folder)).")
     return load(p, kind=kind)

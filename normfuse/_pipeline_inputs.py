@@ -154,7 +154,9 @@ def _harmonise_plain(df: pd.DataFrame, path: Path, what: str,
         df = df.drop(columns=drop).rename(columns=ren)
     if "icv" not in df.columns and "eTIV" in df.columns:
         log.info("%s: %s: icv taken from eTIV", what, path.name)
-        df = df.assign(icv=pd.to_numeric(df["eTIV"], errors="coerce"))
+        # concat, not assign: a wide table read column by column is fragmented and
+        # inserting into it warns (pandas 3 PerformanceWarning)
+        df = pd.concat([df, pd.to_numeric(df["eTIV"], errors="coerce").rename("icv")], axis=1)
     return _recode_sex(df, codes, path, what)
 
 

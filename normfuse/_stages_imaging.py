@@ -103,7 +103,7 @@ def _braincharts_for_study(model, cfg: Mapping, pat: pd.DataFrame):
                 f"{' ...' if len(missing) > 20 else ''}\nThe model holds "
                 f"{len(model.responses_)}: {list(model.responses_)[:20]}"
                 f"{' ...' if len(model.responses_) > 20 else ''}.\nFix one of: 1) import them "
-                "(import_braincharts(zip_path, measures=[...]).save(folder)), if the published "
+                "(`normfuse normative import-braincharts ZIP --measures ... -o FOLDER`), if the published "
                 "models have them; 2) leave them out of [normative] regions.")
         regions = _regions(cfg, pat)
     else:

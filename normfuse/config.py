@@ -92,7 +92,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "reference": {
         "tables": Key("paths", [], "Healthy reference controls: volume tables (as patients.tables)."),
         "demographics": Key(_P, "", "subject_id, age, sex, site of the reference controls."),
-        "model": Key(_P, "", "A saved model folder to use instead of fitting on tables: a NormativeModel, or a BrainchartsModel (import_braincharts(zip).save(folder)), adapted to the study's sites by [adaptation]."),
+        "model": Key(_P, "", "A saved model folder to use instead of fitting on tables: a NormativeModel, or a BrainchartsModel (`normfuse normative import-braincharts ZIP -o FOLDER`), adapted to the study's sites by [adaptation]."),
         "exclude_sites": Key("strs", [], "Sites left out of the reference fit (e.g. the patients' "
                              "sites, to adapt to them from local controls)."),
         "holdout_fraction": Key("float", 0.2, "Share of reference controls held out of the fit to "

@@ -301,6 +301,7 @@ def test_what_is_recorded_is_alike(both, split, kind):
     pd.testing.assert_frame_equal(ad, before)
     assert model.sites_ == sites0 and model.adapted_offset_.shape == (0, len(REGIONS))
     assert a2.sites_ == sites0 + first + second
+    assert model.adapted_sites_ == [] and a2.adapted_sites_ == first + second
     for k in ("adapted_offset_", "adapted_log_scale_", "adapted_offset_var_", "adapted_log_scale_var_"):
         assert getattr(a2, k).shape == (4, len(REGIONS))
         assert_allclose(getattr(a2, k)[:2], getattr(a1, k))
