@@ -448,6 +448,25 @@ def compare_models(
         XGBoost gets ``n_jobs=1`` unless given: on a few hundred rows thread start-up
         dominates (one all-features fit on 290 rows: 0.5 s with 1 thread, 3.4 s with the
         default on the shared 2-core machine).
+    n_jobs : int or None, default 1
+        (repeat, fold) jobs run side by side in this many worker processes (joblib's loky
+        backend; scikit-learn's convention: None -> 1, -1 -> all cores, -2 -> all but
+        one; never more workers than jobs). Each job holds BLAS and torch to one thread,
+        as the sequential path does, so the result does not depend on ``n_jobs``
+        (XGBoost and logistic risks identical; the fusion networks identical in our tests,
+        asserted to 1e-6). Processes, not threads: torch's random generator and thread
+        setting are per process, and two networks trained in threads of one process would
+        not reproduce. Each fresh worker spends a few seconds importing torch and XGBoost,
+        so ``n_jobs > 1`` pays off from a few seconds of fitting per job upwards (demo-sized
+        comparison on 2 cores: see ``benchmarks/RESULTS.md``, "Model comparison"). On a
+        CUDA ``device`` the jobs run one after another in this process (logged): several
+        processes would each open a CUDA context on the one GPU.
+    client : dask.distributed.Client, optional
+        Submit the same jobs to a Dask cluster (extra ``dask``); the table is scattered to
+        the workers once. Jobs sharing a worker process run one at a time, so use workers
+        with one thread each (``LocalCluster(threads_per_worker=1)``) and as many worker
+        processes as jobs should run at once. Same results as the local paths. Cannot be
+        combined with ``n_jobs > 1``.
     verbose : int
         > 0 logs one line per model and fold at INFO.
 
@@ -459,8 +478,12 @@ def compare_models(
     ------
     ValueError
         Unknown model names, a baseline that is not among ``models``, a fold with a
-        single class (use a smaller ``n_splits``), an unknown ``ci``, or ``n_boot < 100``
-        when the cluster bootstrap runs.
+        single class (use a smaller ``n_splits``), an unknown ``ci``, ``n_boot < 100``
+        when the cluster bootstrap runs, ``n_jobs`` 0 or not an integer, or ``client``
+        with ``n_jobs > 1``.
+    Exception raised while fitting
+        Whatever a fit raises, with ``[repeat r, fold k, model name]`` appended to its
+        message, of the same type and wording on every path (in a worker or not).
     ColumnContractError
         No prefixed feature column, a non-numeric or infinite feature, a missing
         ``id_col``, or sequences whose patient ids differ from the table's.
@@ -471,10 +494,17 @@ def compare_models(
 
     Notes
     -----
-    Runtime grows with ``n_repeats x n_splits x`` (models + ablations); everything runs in
-    this process, one fit at a time (XGBoost uses ``n_jobs`` threads, torch one thread by
-    default). On the 2-core development machine the default comparison on 362 patients
-    takes a few minutes (see ``benchmarks/RESULTS.md``, "Model comparison").
+    Runtime grows with ``n_repeats x n_splits x`` (models + ablations). Each (repeat,
+    fold) is one job that fits every model in turn (XGBoost with ``xgb_params["n_jobs"]``
+    threads, default 1; torch one thread); ``n_jobs`` or ``client`` run the jobs side by
+    side. The ``preprocessors`` hook always runs in this process, once per fold, before
+    the jobs start. Warnings raised inside the jobs are re-emitted here, once per category
+    and message, after the fits; log records of worker processes are replayed into this
+    process's loggers. ``fit_seconds`` stays the sum of the per-job fitting times (not
+    wall time); ``settings`` records ``n_jobs``, ``n_workers``, ``client`` and
+    ``execution`` ("sequential", "processes" or "dask"). On the 2-core development
+    machine the default comparison on 362 patients takes about a minute (see
+    ``benchmarks/RESULTS.md``, "Model comparison").
 
     See Also
     --------
