@@ -91,16 +91,18 @@ Hayat N, Geras KJ, Shamout FE (2022) MedFuse. MLHC (PMLR 182).
 """
 from __future__ import annotations
 
-import time
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, ndtr
+from scipy.special import ndtr
 
+from models import _compare_jobs as J
 from models import _kernels as K
+from models._compare_jobs import _fusion_data, _logistic, _Spec  # noqa: F401  (re-exported)
 from models._inputs import _zcrit
 from models.compare_inputs import (
     FoldFeaturizer,
@@ -114,7 +116,7 @@ from models.evaluate import calibration as _calibration
 from models.evaluate import decision_curve as _decision_curve
 from models.evaluate import delong as _delong
 from models.evaluate import roc_curve as _roc_curve
-from models.xgb import XGBClassifierModel, _label_array, grouped_folds
+from models.xgb import _label_array, grouped_folds
 from normfuse.checks import get_logger, log_dropped, require_dataframe
 from normfuse.contracts import MODALITY_PREFIXES
 from normfuse.errors import ColumnContractError, ConvergenceWarning, DataDroppedWarning
@@ -131,7 +133,6 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 _SINGLE = {"dev_xgb": "dev", "ehr_xgb": "ehr", "txt_xgb": "txt", "dev_count_logistic": "dev"}
 _DEFAULT_ABLATE = ("all_xgb", "fusion_concat")
-_WEIGHTED = ("fusion_bigru_attention", "fusion_late")
 _CI_METHODS = ("auto", "delong", "cluster_bootstrap")
 _SUMMARY_COLS = [
     "kind", "modalities", "auroc", "auroc_ci_low", "auroc_ci_high", "ci_method", "auroc_sd_repeats",
@@ -331,72 +332,7 @@ class ComparisonResult(ResultMixin):
         return ax
 
 
-# =========================================================================== per-fold fits
-def _logistic(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, who: str) -> np.ndarray:
-    """Unpenalised logistic regression on standardised columns (train medians impute NaN)."""
-    med = np.nanmedian(np.where(np.isnan(xtr).all(0), 0.0, xtr), axis=0)
-    n_imp = int(np.isnan(xtr).sum() + np.isnan(xte).sum())
-    if n_imp:
-        _log.info("%s: imputed %d missing count values with the training-fold median", who, n_imp)
-    xtr = np.where(np.isnan(xtr), med, xtr)
-    xte = np.where(np.isnan(xte), med, xte)
-    mu, sd = xtr.mean(0), xtr.std(0)
-    sd = np.where(sd > 0, sd, 1.0)
-    ztr, zte = (xtr - mu) / sd, (xte - mu) / sd
-    beta, _, ok = K.logistic_newton(ytr.astype(np.float64), np.column_stack([np.ones(len(ztr)), ztr]))
-    if not ok:
-        warnings.warn(f"{who}: the logistic regression did not converge in a training fold "
-                      "(separation?); its predictions are unreliable.", ConvergenceWarning, stacklevel=4)
-    return expit(np.column_stack([np.ones(len(zte)), zte]) @ beta)
-
-
-def _fusion_data(tr: pd.DataFrame, te: pd.DataFrame, mods: Sequence[str], cols: dict,
-                 seqs: dict, pos_tr: np.ndarray, pos_te: np.ndarray, id_col: str, who: str):
-    """FusionData of both parts; partial NaN cells get the training-fold median."""
-    from models.fusion_data import FusionData
-
-    out = []
-    static_tr, static_te = {}, {}
-    n_imp = 0
-    for m in mods:
-        if m == "ehr" and seqs:
-            continue
-        a = tr[cols[m]].to_numpy(dtype=np.float64, na_value=np.nan)
-        b = te[cols[m]].to_numpy(dtype=np.float64, na_value=np.nan)
-        pres = ~np.isnan(a).all(1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a column NaN in every training row
-            med = np.nanmedian(a[pres], axis=0) if pres.any() else np.zeros(a.shape[1])
-        med = np.where(np.isnan(med), 0.0, med)
-        for arr, store in ((a, static_tr), (b, static_te)):
-            part = np.isnan(arr) & ~np.isnan(arr).all(1)[:, None]
-            n_imp += int(part.sum())
-            store[m] = np.where(part, med, arr)
-    if n_imp:
-        _log.info("%s: imputed %d NaN cells of partly observed fusion inputs with training-fold "
-                  "medians", who, n_imp)
-    use_seq = "ehr" in mods and seqs
-    for df, st, pos in ((tr, static_tr, pos_tr), (te, static_te, pos_te)):
-        pid = df[id_col].to_numpy() if id_col in df.columns else df.index.to_numpy()
-        sq = {k: x[pos] for k, (x, _) in seqs.items()} if use_seq else {}
-        rm = {k: r[pos] for k, (_, r) in seqs.items()} if use_seq else {}
-        names = {m: tuple(cols[m]) for m in st}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DataDroppedWarning)  # reported by the fit instead
-            out.append(FusionData(patient_id=pid, static=st, sequences=sq, row_masks=rm,
-                                  feature_names=names, drop_empty=False))
-    return out
-
-
-@dataclass
-class _Spec:
-    name: str
-    kind: str  # logistic | xgb | fusion
-    mods: tuple
-    full: str | None = None  # ablations: the full model
-    strategy: str | None = None
-
-
+# =========================================================================== model specs
 def _specs(models, ablate, avail, missing, count_col, warn) -> tuple[list[_Spec], dict[str, str]]:
     specs: list[_Spec] = []
     skipped: dict[str, str] = {}
@@ -452,6 +388,8 @@ def compare_models(
     device: str = "auto",
     fusion_params: Mapping | None = None,
     xgb_params: Mapping | None = None,
+    n_jobs: int | None = 1,
+    client=None,
     verbose: int = 0,
 ) -> ComparisonResult:
     """Compare deviation-count, XGBoost and fusion predictors on identical folds.
@@ -510,6 +448,25 @@ def compare_models(
         XGBoost gets ``n_jobs=1`` unless given: on a few hundred rows thread start-up
         dominates (one all-features fit on 290 rows: 0.5 s with 1 thread, 3.4 s with the
         default on the shared 2-core machine).
+    n_jobs : int or None, default 1
+        (repeat, fold) jobs run side by side in this many worker processes (joblib's loky
+        backend; scikit-learn's convention: None -> 1, -1 -> all cores, -2 -> all but
+        one; never more workers than jobs). Each job holds BLAS and torch to one thread,
+        as the sequential path does, so the result does not depend on ``n_jobs``
+        (XGBoost and logistic risks identical; the fusion networks identical in our tests,
+        asserted to 1e-6). Processes, not threads: torch's random generator and thread
+        setting are per process, and two networks trained in threads of one process would
+        not reproduce. Each fresh worker spends a few seconds importing torch and XGBoost,
+        so ``n_jobs > 1`` pays off from a few seconds of fitting per job upwards (demo-sized
+        comparison on 2 cores: see ``benchmarks/RESULTS.md``, "Model comparison"). On a
+        CUDA ``device`` the jobs run one after another in this process (logged): several
+        processes would each open a CUDA context on the one GPU.
+    client : dask.distributed.Client, optional
+        Submit the same jobs to a Dask cluster (extra ``dask``); the table is scattered to
+        the workers once. Jobs sharing a worker process run one at a time, so use workers
+        with one thread each (``LocalCluster(threads_per_worker=1)``) and as many worker
+        processes as jobs should run at once. Same results as the local paths. Cannot be
+        combined with ``n_jobs > 1``.
     verbose : int
         > 0 logs one line per model and fold at INFO.
 
@@ -521,8 +478,12 @@ def compare_models(
     ------
     ValueError
         Unknown model names, a baseline that is not among ``models``, a fold with a
-        single class (use a smaller ``n_splits``), an unknown ``ci``, or ``n_boot < 100``
-        when the cluster bootstrap runs.
+        single class (use a smaller ``n_splits``), an unknown ``ci``, ``n_boot < 100``
+        when the cluster bootstrap runs, ``n_jobs`` 0 or not an integer, or ``client``
+        with ``n_jobs > 1``.
+    Exception raised while fitting
+        Whatever a fit raises, with ``[repeat r, fold k, model name]`` appended to its
+        message, of the same type and wording on every path (in a worker or not).
     ColumnContractError
         No prefixed feature column, a non-numeric or infinite feature, a missing
         ``id_col``, or sequences whose patient ids differ from the table's.
@@ -533,10 +494,17 @@ def compare_models(
 
     Notes
     -----
-    Runtime grows with ``n_repeats x n_splits x`` (models + ablations); everything runs in
-    this process, one fit at a time (XGBoost uses ``n_jobs`` threads, torch one thread by
-    default). On the 2-core development machine the default comparison on 362 patients
-    takes a few minutes (see ``benchmarks/RESULTS.md``, "Model comparison").
+    Runtime grows with ``n_repeats x n_splits x`` (models + ablations). Each (repeat,
+    fold) is one job that fits every model in turn (XGBoost with ``xgb_params["n_jobs"]``
+    threads, default 1; torch one thread); ``n_jobs`` or ``client`` run the jobs side by
+    side. The ``preprocessors`` hook always runs in this process, once per fold, before
+    the jobs start. Warnings raised inside the jobs are re-emitted here, once per category
+    and message, after the fits; log records of worker processes are replayed into this
+    process's loggers. ``fit_seconds`` stays the sum of the per-job fitting times (not
+    wall time); ``settings`` records ``n_jobs``, ``n_workers``, ``client`` and
+    ``execution`` ("sequential", "processes" or "dask"). On the 2-core development
+    machine the default comparison on 362 patients takes about a minute (see
+    ``benchmarks/RESULTS.md``, "Model comparison").
 
     See Also
     --------
@@ -599,6 +567,10 @@ def compare_models(
     y = lab[keep].astype(np.int8)
     fp = dict(fusion_params or {})
     xp = {"n_jobs": 1, **dict(xgb_params or {})}  # one thread: 7x faster than all cores at this size
+    n_jobs_eff = J.effective_n_jobs(n_jobs, who)
+    if client is not None and n_jobs_eff > 1:
+        raise ValueError(f"{who}: client= and n_jobs={n_jobs!r} were both given; the Dask cluster "
+                         "decides how many jobs run at once. Pass one of them (n_jobs=1 with a client).")
     for bad_key in ("strategy", "random_state", "device"):
         if bad_key in fp or bad_key in xp:
             raise ValueError(f"{who}: pass {bad_key!r} as an argument of compare_models, not inside "
@@ -646,10 +618,10 @@ def compare_models(
         for k in range(int(n_splits)):
             tr_pos = np.flatnonzero(folds[:, r] != k)
             te_pos = np.flatnonzero(folds[:, r] == k)
-            tr, te = t.iloc[tr_pos], t.iloc[te_pos]
+            tr = te = None  # without a hook each job slices the (shared) table itself
             fcols = cols
-            if preprocessors is not None:
-                tr, te = _run_hook(preprocessors, tr, te, who, r, k)
+            if preprocessors is not None:  # the hook runs here, in this process
+                tr, te = _run_hook(preprocessors, t.iloc[tr_pos], t.iloc[te_pos], who, r, k)
                 fcols = _check_table(pd.concat([tr, te]), f"{who} (preprocessors output, repeat {r}, fold {k})")
             fold_tables[(r, k)] = (tr_pos, te_pos, tr, te, fcols)
     if preprocessors is not None:  # modality availability as seen in the first fold
@@ -671,52 +643,32 @@ def compare_models(
     if missing and any(sp.kind == "fusion" or sp.name == "all_xgb" for sp in specs):
         _log.warning("%s: modalities left out of the multi-modality models: %s", who, missing)
 
-    # ---- fit every model on every fold
+    # ---- fit every model on every fold: one job per (repeat, fold), here, in worker
+    # processes or on a Dask cluster; outputs come back in task order
+    tasks = [J._FoldTask(r, k, tr_pos, te_pos, fcols, None if preprocessors is None else (tr, te))
+             for (r, k), (tr_pos, te_pos, tr, te, fcols) in fold_tables.items()]
+    n_workers = 1
+    if client is None and n_jobs_eff > 1:
+        from normfuse.device import resolve_device
+
+        n_workers = J.plan_workers(n_jobs_eff, len(tasks), resolve_device(device), who)
+    ctx = J._JobContext(specs=tuple(specs), y=y, seqs=seqs, id_col=id_col, count_col=count_col,
+                        device=device, random_state=int(random_state), xgb_params=xp, fusion_params=fp,
+                        who=who, main_pid=os.getpid(), log_level=_log.getEffectiveLevel())
+    outputs = J.run_folds(ctx, tasks, t if preprocessors is None else None, n_workers, client)
+    J.replay(outputs)
     oof = {s.name: np.full((len(y), folds.shape[1]), np.nan) for s in specs}
     secs = dict.fromkeys(oof, 0.0)
     shap_rows, weight_rows = [], []
-    for (r, k), (tr_pos, te_pos, tr, te, fcols) in fold_tables.items():
-        ytr, yte_n = y[tr_pos], len(te_pos)
-        seed = int(random_state) + r
-        fusion_cache: dict = {}
+    for task, o in zip(tasks, outputs, strict=True):
         for s in specs:
-            t0 = time.perf_counter()
-            if s.kind == "logistic":
-                p = _logistic(tr[[count_col]].to_numpy(dtype=np.float64, na_value=np.nan), ytr,
-                              te[[count_col]].to_numpy(dtype=np.float64, na_value=np.nan), f"{who} [{s.name}]")
-            elif s.kind == "xgb":
-                pre = tuple(MODALITY_PREFIXES[m] for m in s.mods)
-                est = XGBClassifierModel(feature_prefixes=pre, id_col=id_col, device=device,
-                                         random_state=seed, **xp)
-                est.fit(tr, pd.Series(ytr, index=tr.index))
-                p = est.predict_proba(te)[:, 1]
-                if s.name == "all_xgb":
-                    sv = est.shap_values(te).drop(columns="bias").abs().mean()
-                    for f, v in sv.items():
-                        mod = next(m for m, pf in MODALITY_PREFIXES.items() if f.startswith(pf))
-                        shap_rows.append((r, k, f, mod, float(v)))
-            else:
-                from models.fusion import FusionClassifier
-
-                key = s.mods
-                if key not in fusion_cache:
-                    fusion_cache[key] = _fusion_data(tr, te, s.mods, fcols, seqs, tr_pos, te_pos,
-                                                     id_col, f"{who} [{s.name}]")
-                dtr, dte = fusion_cache[key]
-                est = FusionClassifier(s.strategy, device=device, random_state=seed, **fp)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    est.fit(dtr, ytr)
-                p = est.predict_proba(dte)[:, 1]
-                if s.name in _WEIGHTED:
-                    w = est.modality_weights(dte).mean()
-                    for mod, v in w.items():
-                        weight_rows.append((s.name, r, k, mod, float(v)))
-            oof[s.name][te_pos, r] = p
-            secs[s.name] += time.perf_counter() - t0
+            oof[s.name][task.te_pos, task.r] = o.preds[s.name]
+            secs[s.name] += o.secs[s.name]
             if verbose:
-                _log.info("repeat %d fold %d %-28s %d test rows, %.2f s", r, k, s.name, yte_n,
-                          time.perf_counter() - t0)
+                _log.info("repeat %d fold %d %-28s %d test rows, %.2f s", task.r, task.k, s.name,
+                          len(task.te_pos), o.secs[s.name])
+        shap_rows.extend(o.shap_rows)
+        weight_rows.extend(o.weight_rows)
 
     boot = None
     if method == "cluster_bootstrap":
@@ -737,7 +689,9 @@ def compare_models(
                 "fusion_params": fp, "xgb_params": xp, "sequences": sorted(seqs),
                 "missing_modalities": missing, "n_dropped_unlabelled": n_drop, "ci": ci,
                 "ci_method": method, "max_rows_per_patient": int(rows_per_patient.max()),
-                "preprocessors": None if preprocessors is None else getattr(preprocessors, "__name__", repr(preprocessors))}
+                "preprocessors": None if preprocessors is None else getattr(preprocessors, "__name__", repr(preprocessors)),
+                "n_jobs": n_jobs, "n_workers": n_workers, "client": client is not None,
+                "execution": "dask" if client is not None else ("processes" if n_workers > 1 else "sequential")}
     return ComparisonResult(table=table_out, per_repeat=per_repeat, oof_predictions=oof_df, shap=shap_df,
                             weights=weight_df, folds=folds_df, baseline=baseline, conf_level=float(conf_level),
                             n_splits=int(n_splits), n_repeats=folds.shape[1], n_boot=int(n_boot),

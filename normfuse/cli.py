@@ -212,11 +212,24 @@ def cmd_run(args) -> int:
     from normfuse.pipeline import run_pipeline
 
     cfg = load_config(args.config)
+    if getattr(args, "n_jobs", None) is not None:   # `models compare --n-jobs`
+        cfg["models"]["n_jobs"] = args.n_jobs
     out = Path(args.out).absolute() if args.out else Path(args.config).resolve().parent / "normfuse-output"
     res = run_pipeline(cfg, out, force=args.force, quiet=args.quiet,
                        stages=[args.until] if getattr(args, "until", None) else None)
     _finish(res, out, args)
     return EXIT_OK
+
+
+def _n_jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-zero integer (1: one job at a "
+                                         "time, -1: all cores)")
+    return n
 
 
 def _stage_cmd(stage: str):
@@ -549,6 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp = gs.add_parser(action, parents=[common], help=helptext + " (earlier stages run or "
                            "resume as needed)")
         study(sp)
+        if stage == "models":
+            sp.add_argument("--n-jobs", type=_n_jobs, default=None, metavar="N",
+                            help="worker processes for the (repeat, fold) jobs (-1: all cores; "
+                            "default: [models] n_jobs); results do not depend on it")
         sp.set_defaults(func=_stage_cmd(stage))
     rp = sub.add_parser("report", parents=[common], help="write report.html")
     study(rp)

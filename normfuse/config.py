@@ -193,8 +193,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             minimum=1),
         "n_boot": Key("int", 500, "Bootstrap replicates for CIs (patients are resampled when "
                       "patients have several index visits).", minimum=100),
-        "n_jobs": Key("int", 1, "Threads for XGBoost (1 is fastest on busy shared machines).",
-                      minimum=1),
+        "n_jobs": Key("int", -1, "Worker processes fitting the comparison's (repeat, fold) "
+                      "jobs side by side: -1 all cores, -2 all but one, 1 one job at a time "
+                      "(never more than the jobs); each runs XGBoost and torch on one thread. "
+                      "Results do not depend on it (not part of the config digest), and CUDA "
+                      "runs the jobs one at a time."),
         "compare": Key("strs", ["dev_count_logistic", "dev_xgb", "ehr_xgb", "txt_xgb", "all_xgb",
                                 "fusion_concat", "fusion_lstm", "fusion_bigru_attention",
                                 "fusion_late"],
@@ -416,6 +419,9 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: str | Path = ".",
         raise _fail(source, "[clinical] needs source (a .duckdb file or postgresql:// URL) or "
                     "visits (a visits table); set one of them.")
     m = out["models"]
+    if m["n_jobs"] == 0:
+        raise _fail(source, "[models] n_jobs = 0 runs nothing; use 1 (one job at a time), a number "
+                    "of worker processes, or -1 (all cores).")
     if m["enabled"] and m["compare"] and _BASELINE not in m["compare"]:
         raise _fail(source, f"[models] compare = {m['compare']!r} lacks {_BASELINE!r}, the "
                     "baseline every other model is compared with (DeLong/bootstrap p-values); "
@@ -613,9 +619,17 @@ def schema_table() -> str:
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
-    """SHA-256 of the configuration's canonical JSON (for the manifest and resume checks)."""
+    """SHA-256 of the configuration's canonical JSON (for the manifest and resume checks).
+
+    ``[models] n_jobs`` only says how many worker processes run the model comparison,
+    not what it computes, so it is hashed as 1 (the value the digests of earlier
+    versions saw by default): a finished run resumes whatever ``--n-jobs`` is given.
+    """
     import hashlib
 
+    models = config.get("models") if isinstance(config, Mapping) else None
+    if isinstance(models, Mapping) and "n_jobs" in models:
+        config = {**config, "models": {**models, "n_jobs": 1}}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 

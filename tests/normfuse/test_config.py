@@ -47,6 +47,8 @@ def test_defaults_filled_and_paths_resolved(tmp_path):
     (_raw(models={"ci": "jackknife"}), r"\[models\] ci = 'jackknife' is not one of 'auto', "
      r"'delong', 'cluster_bootstrap'; fix the value\.$"),
     (_raw(models={"ci": 1}), r"\[models\] ci = 1 must be a string"),
+    (_raw(models={"n_jobs": 0}), r"\[models\] n_jobs = 0 runs nothing; use 1 \(one job at a time\)"),
+    (_raw(models={"n_jobs": 2.5}), r"\[models\] n_jobs = 2.5 must be an integer"),
     (_raw(reference={"model": "m"}), r"\[reference\] sets both model and tables"),
     (_raw(clinical={"source": "data/participants.tsv"}),
      r"\[clinical\] source = 'data/participants\.tsv' has suffix '\.tsv'; a table file is not "
@@ -232,3 +234,51 @@ def test_baseline_is_the_one_compare_models_uses():
     from normfuse.config import _BASELINE
 
     assert inspect.signature(compare_models).parameters["baseline"].default == _BASELINE
+
+
+def test_models_n_jobs_default_and_not_in_the_digest():
+    """[models] n_jobs defaults to all cores and does not change the digest (results do not depend on it)."""
+    import hashlib
+    import json
+
+    from normfuse.config import config_digest
+
+    cfg = parse_config(_raw())
+    assert cfg["models"]["n_jobs"] == -1
+    other = parse_config(_raw(models={"n_jobs": 3}))
+    assert config_digest(other) == config_digest(cfg)
+    # hashed as n_jobs = 1: digests of runs made before n_jobs meant worker processes still match
+    old = {**cfg, "models": {**cfg["models"], "n_jobs": 1}}
+    assert config_digest(cfg) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    assert config_digest(parse_config(_raw(models={"n_splits": 3}))) != config_digest(cfg)
+
+
+def test_models_compare_n_jobs_option():
+    """`normfuse models compare --n-jobs N` parses N; 0 and words are usage errors."""
+    from normfuse.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["models", "compare", "study.toml", "--n-jobs", "-1"]).n_jobs == -1
+    assert p.parse_args(["models", "compare", "study.toml"]).n_jobs is None
+    for bad in ("0", "all"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["models", "compare", "study.toml", "--n-jobs", bad])
+    with pytest.raises(SystemExit):  # the option belongs to the models stage only
+        p.parse_args(["features", "build", "study.toml", "--n-jobs", "2"])
+
+
+def test_models_compare_n_jobs_overrides_the_config(monkeypatch, tmp_path):
+    """--n-jobs replaces [models] n_jobs in the configuration the pipeline runs with."""
+    import normfuse.cli as cli
+    import normfuse.config
+    import normfuse.pipeline
+
+    seen = {}
+    monkeypatch.setattr(normfuse.config, "load_config", lambda path: parse_config(_raw()))
+    monkeypatch.setattr(normfuse.pipeline, "run_pipeline",
+                        lambda cfg, out, **kw: seen.update(cfg=cfg, stages=kw["stages"]))
+    monkeypatch.setattr(cli, "_finish", lambda res, out, args: None)
+    assert cli.main(["models", "compare", str(tmp_path / "study.toml"), "--n-jobs", "3"]) == 0
+    assert seen["cfg"]["models"]["n_jobs"] == 3 and seen["stages"] == ["models"]
+    assert cli.main(["models", "compare", str(tmp_path / "study.toml")]) == 0
+    assert seen["cfg"]["models"]["n_jobs"] == -1
