@@ -147,7 +147,7 @@ def test_regions_missing_from_the_model_are_listed(study, tmp_path):
     bad["normative"]["regions"] = [*_REGIONS, "Left-Pallidum", "Right-Pallidum"]
     with pytest.raises(ColumnContractError,
                        match=r"(?s)\[normative\] regions lists 2 region.*"
-                             r"Missing: \['Left-Pallidum', 'Right-Pallidum'\].*import_braincharts"):
+                             r"Missing: \['Left-Pallidum', 'Right-Pallidum'\].*normfuse normative import-braincharts"):
         run_pipeline(bad, tmp_path / "o", quiet=True, stages=["normative"])
 
 
