@@ -114,7 +114,7 @@ def _parallel_lines(res, wall: float, par, back) -> list[str]:
     d_fus = float(np.max(np.abs(a["p"].to_numpy()[fus] - b["p"].to_numpy()[fus]), initial=0.0))
     lines = [
         f"**Parallel folds** (`n_jobs={nj}`, {pres.settings['n_workers']} worker processes; this "
-        f"machine has {os.cpu_count()} cores, shared with other users): **{pwall:.1f} s wall** vs "
+        f"machine has {os.cpu_count()} cores): **{pwall:.1f} s wall** vs "
         f"{wall:.1f} s sequential, **{wall / pwall:.2f}x**, on fresh workers (each imports torch and "
         "XGBoost and pays torch's first-fit set-up, about 4 s on an idle core); called again in the "
         f"same session (loky keeps its workers) **{warm:.1f} s, {wall / warm:.2f}x**. Out-of-fold "
