@@ -36,12 +36,6 @@ def _cheap(tab, **kw):
 
 
 @pytest.fixture(scope="module")
-def small():
-    """240 planted patients (dev and txt informative)."""
-    return simulate_comparison_table(240, random_state=3)
-
-
-@pytest.fixture(scope="module")
 def planted():
     """XGBoost models and ablations on 450 planted patients (ehr pure noise)."""
     tab = simulate_comparison_table(450, random_state=0)

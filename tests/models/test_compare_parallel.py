@@ -16,7 +16,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from models import _compare_jobs as J
-from models.compare import compare_models, simulate_comparison_table
+from models.compare import compare_models
 from normfuse.errors import ConvergenceWarning
 
 XGB = {"n_estimators": 40, "learning_rate": 0.15}
@@ -33,27 +33,9 @@ def _run(tab, **kw):
 
 
 @pytest.fixture(scope="module")
-def small():
-    """240 planted patients (dev and txt informative), as in test_compare."""
-    return simulate_comparison_table(240, random_state=3)
-
-
-@pytest.fixture(scope="module")
 def sequential(small):
     """The reference: every (repeat, fold) job in this process, one after another."""
     return _run(small)
-
-
-@pytest.fixture(scope="module")
-def client():
-    """Two single-threaded in-process Dask workers, TCP on 127.0.0.1 only, no dashboard."""
-    distributed = pytest.importorskip("distributed", reason="needs the 'dask' extra")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                       protocol="tcp", host="127.0.0.1", dashboard_address=None)
-    cl = distributed.Client(cluster)
-    yield cl
-    cl.close()
-    cluster.close()
 
 
 def _assert_same(res, ref):

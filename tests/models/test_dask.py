@@ -18,18 +18,6 @@ ARRAYS = ["beta_", "gamma_", "eps_", "tau_", "cov_beta_", "cov_gamma_", "y_mean_
 
 
 @pytest.fixture(scope="module")
-def client():
-    """Two single-threaded workers in this process, TCP on 127.0.0.1 only, no dashboard."""
-    distributed = pytest.importorskip("distributed", reason="needs the 'dask' extra")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                       protocol="tcp", host="127.0.0.1", dashboard_address=None)
-    cl = distributed.Client(cluster)
-    yield cl
-    cl.close()
-    cluster.close()
-
-
-@pytest.fixture(scope="module")
 def table():
     """1,500 patients, four features of three modalities, 10 % missing EHR values."""
     rng = np.random.default_rng(7)
