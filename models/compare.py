@@ -102,7 +102,7 @@ from scipy.special import ndtr
 
 from models import _compare_jobs as J
 from models import _kernels as K
-from models._compare_jobs import _fusion_data, _logistic, _Spec  # noqa: F401  (re-exported)
+from models._compare_jobs import _Spec
 from models._inputs import _zcrit
 from models.compare_inputs import (
     FoldFeaturizer,

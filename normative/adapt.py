@@ -156,9 +156,8 @@ def new_site_codes(local_controls, site_col: str, known_sites, *, min_controls: 
             f"{who}: local_controls include sites the model already knows: {seen[:10]}. "
             "adapt() adds new sites only; drop those rows, or refit the reference model "
             "including them.")
-    new_sites = sorted(set(values.tolist()))
-    lookup = {s: i for i, s in enumerate(new_sites)}
-    code = np.fromiter((lookup[s] for s in values.tolist()), dtype=np.int64, count=len(values))
+    uniq, code = np.unique(values.astype(str), return_inverse=True)   # sorted, as sorted()
+    new_sites, code = uniq.tolist(), code.astype(np.int64).ravel()
     counts = np.bincount(code, minlength=len(new_sites))
     small = {s: int(c) for s, c in zip(new_sites, counts, strict=True) if c < min_controls}
     if small:

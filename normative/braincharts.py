@@ -219,6 +219,13 @@ def _fs7_names(available):
     return dict(zip(available, harmonise_region_names(list(available)), strict=True))
 
 
+def _measures_table(available, fs7):
+    """``measure`` (braincharts' name) and ``freesurfer7`` columns, one row per measure."""
+    import pandas as pd
+
+    return pd.DataFrame({"measure": list(available), "freesurfer7": [fs7[m] for m in available]})
+
+
 def close_measure_names(name: str, measures, n: int = 3) -> list[str]:
     """Up to ``n`` measures whose braincharts or FreeSurfer 7 name resembles ``name``.
 
@@ -267,19 +274,14 @@ def braincharts_measures(zip_path):
     >>> len(t), t.loc[t.measure == "Left-Thalamus-Proper", "freesurfer7"].item()  # doctest: +SKIP
     (188, 'Left-Thalamus')
     """
-    import pandas as pd
-
     zf, entries = _open_zip(zip_path, "braincharts_measures")
     zf.close()
     available = sorted(entries)
-    fs7 = _fs7_names(available)
-    return pd.DataFrame({"measure": available, "freesurfer7": [fs7[m] for m in available]})
+    return _measures_table(available, _fs7_names(available))
 
 
 def _resolve_measures(measures, available, fs7, zip_name):
     """Zip names of the requested measures (braincharts or FS7 names), in request order."""
-    import pandas as pd
-
     from normative.freesurfer import harmonise_region_names
 
     by_fs7 = {v: k for k, v in fs7.items()}
@@ -288,7 +290,7 @@ def _resolve_measures(measures, available, fs7, zip_name):
         key = mname if mname in fs7 else by_fs7.get(harmonise_region_names(str(mname)))
         (chosen if key is not None else missing).append(key if key is not None else mname)
     if missing:
-        table = pd.DataFrame({"measure": available, "freesurfer7": [fs7[m] for m in available]})
+        table = _measures_table(available, fs7)
         hints = "; ".join(f"{mm!r}: {close_measure_names(mm, table) or 'none'}" for mm in missing)
         raise ColumnContractError(
             f"import_braincharts: {len(missing)} measure(s) not in {zip_name}: {missing}.\n"
@@ -447,8 +449,8 @@ class BrainchartsModel:
     def _check_fitted(self):
         checks.check_is_fitted(self, ["responses_", "m_"])
 
-    def _site_codes(self, df, who, *, new_ok=False):
-        """Index into sites_ (reference then adapted); -1 for new sites when new_ok."""
+    def _site_codes(self, df, who):
+        """Index into sites_ (reference then adapted); unknown sites raise UnknownSiteError."""
         import pandas as pd
 
         site = df["site"]
@@ -459,7 +461,7 @@ class BrainchartsModel:
         lookup = {v: i for i, v in enumerate(self.sites_)}
         codes = pd.Series(s).map(lookup)
         unknown = codes.isna().to_numpy()
-        if unknown.any() and not new_ok:
+        if unknown.any():
             names = sorted(set(s[unknown].tolist()))
             raise UnknownSiteError(
                 f"{who}: {int(unknown.sum())} rows come from sites the model neither was trained "
@@ -468,7 +470,7 @@ class BrainchartsModel:
                 "controls per new site scanned with the same protocol. The training sites are "
                 f"in BRAINCHARTS_82_SITES (e.g. {self.sites_[:3]}).",
                 sites=names, n_rows=int(unknown.sum()), known=self.sites_)
-        return np.where(unknown, -1, codes.fillna(-1).to_numpy(dtype=float)).astype(np.int64)
+        return codes.to_numpy(dtype=np.int64)
 
     def _covariates(self, df, who):
         """(age, male, out_of_range) after validating age and sex."""

@@ -249,7 +249,7 @@ def test_nan_features_allowed_inf_refused(small):
 
 def test_fusion_inputs_imputed_with_training_medians():
     """Fusion inputs: all-NaN modality rows mark absence; other NaN cells get the training median."""
-    from models.compare import _fusion_data
+    from models._compare_jobs import _fusion_data
 
     tr = pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "dev__x": [1.0, 3.0, np.nan, 100.0],
                        "dev__y": [0.0, np.nan, np.nan, 2.0], "txt__0": [np.nan, 1.0, 2.0, 3.0]})
